@@ -1,0 +1,26 @@
+"""FastFlow in pure PyTorch: fast samplers for flow-matching models.
+
+Time convention everywhere: t in [0, 1], t = 0 is noise, t = 1 is data,
+x_t = (1 - t) * noise + t * data, v = data - noise, and samplers integrate
+dx/dt = v(x, t) from 0 to 1 on the uniform grid t_k = k / T.
+"""
+from . import toy
+from .bandit import BANDITS, EpsilonGreedy, GaussianThompson, UCB1, make_bandit
+from .extrapolate import History, newton_extrapolate
+from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler
+from .field import VelocityField
+from .result import SampleResult
+from .solvers import AdamsBashforthSampler, EulerSampler, HeunSampler, Sampler
+
+SAMPLERS = {
+    "euler": EulerSampler,
+    "heun": HeunSampler,
+    "ab2": AdamsBashforthSampler,
+    "fastflow": FastFlowSampler,
+}
+
+__all__ = [
+    "SampleResult", "VelocityField", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler",
+    "ExtrapolatedEulerSampler", "extrapolated_euler", "FastFlowSampler", "History", "newton_extrapolate",
+    "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "SAMPLERS", "toy",
+]

@@ -1,0 +1,87 @@
+import json
+import math
+
+import pytest
+import torch
+
+import fastflow as ff
+
+MEANS = [0.2, 0.5, 0.8, 0.45]
+
+
+def play(bandit, rounds, seed=0):
+    """Bernoulli arms with MEANS; returns the arms pulled."""
+    g = torch.Generator().manual_seed(seed)
+    pulls = []
+    for _ in range(rounds):
+        a = bandit.select(generator=g)
+        bandit.update(a, float(torch.rand((), generator=g).item() < MEANS[a]))
+        pulls.append(a)
+    return pulls
+
+
+def regret(pulls):
+    return sum(max(MEANS) - MEANS[a] for a in pulls)
+
+
+def test_ucb1_finds_the_best_arm_and_its_regret_is_sublinear():
+    pulls = play(ff.UCB1(len(MEANS)), 4000)
+    last = pulls[-1000:]
+    assert last.count(2) / len(last) >= 0.9
+    r1, r2 = regret(pulls[:2000]), regret(pulls)
+    # the second half adds much less regret than the first: regret(T) ~ log T, not ~ T
+    assert r2 - r1 < 0.5 * r1
+    assert r2 < 0.1 * 4000 * (max(MEANS) - min(MEANS))
+
+
+@pytest.mark.parametrize("kind", ["epsilon-greedy", "thompson"])
+def test_other_bandits_also_learn(kind):
+    pulls = play(ff.make_bandit(kind, len(MEANS)), 3000)
+    assert pulls[-1000:].count(2) / 1000 >= 0.85
+
+
+def test_every_arm_is_tried_first_and_available_arms_are_respected():
+    b = ff.UCB1(5)
+    assert [b.select() for _ in range(1)] == [0]
+    for a in range(5):
+        assert b.select() == a
+        b.update(a, 0.0)
+    for _ in range(20):
+        a = b.select(available=[1, 3])
+        assert a in (1, 3)
+        b.update(a, 1.0 if a == 3 else 0.0)
+
+
+def test_ucb1_bonus_formula():
+    b = ff.UCB1(2, c=2.0)
+    b.update(0, 0.6)
+    b.update(0, 0.6)
+    b.update(1, 0.5)
+    # n = 3: arm 0: 0.6 + sqrt(2 ln 3 / 2) = 1.648; arm 1: 0.5 + sqrt(2 ln 3) = 1.982
+    assert b.select() == 1
+    assert 0.6 + math.sqrt(math.log(3)) < 0.5 + math.sqrt(2 * math.log(3))
+
+
+@pytest.mark.parametrize("kind", sorted(ff.BANDITS))
+def test_state_dict_round_trips_exactly_through_json(kind):
+    a = ff.make_bandit(kind, 4)
+    play(a, 200, seed=1)
+    b = ff.make_bandit(kind, 4)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert b.state_dict() == a.state_dict()
+    # and behaves identically from there on
+    assert play(a, 100, seed=7) == play(b, 100, seed=7)
+
+
+def test_bad_bandit_input():
+    with pytest.raises(ValueError, match="unknown bandit"):
+        ff.make_bandit("softmax", 3)
+    with pytest.raises(ValueError, match="at least one arm"):
+        ff.UCB1(0)
+    b = ff.UCB1(3)
+    with pytest.raises(IndexError):
+        b.update(3, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        b.update(0, float("nan"))
+    with pytest.raises(ValueError, match="for ucb1 with 3 arms"):
+        ff.UCB1(4).load_state_dict(b.state_dict())

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+import fastflow as ff
+from problems import Counted, gaussian, noise, rms
+
+
+def fitted_order(make, flow, x0, Ts=(8, 16, 32, 64)):
+    """Mean of log2(err_T / err_2T) against the exact solution."""
+    exact = flow.solution(x0, 1.0)
+    errs = [rms(make(T).sample(flow, x0).x, exact) for T in Ts]
+    return sum(math.log2(a / b) for a, b in zip(errs, errs[1:])) / (len(errs) - 1)
+
+
+@pytest.mark.parametrize("make, order", [
+    (ff.EulerSampler, 1),
+    (ff.HeunSampler, 2),
+    (lambda T: ff.AdamsBashforthSampler(T, order=2), 2),
+    (lambda T: ff.AdamsBashforthSampler(T, order=3), 3),
+])
+def test_convergence_order_on_the_gaussian_flow(make, order):
+    p = fitted_order(make, gaussian(), noise(64, 3))
+    assert abs(p - order) < 0.2, p
+
+
+@pytest.mark.parametrize("make, calls", [
+    (ff.EulerSampler, lambda T: T),
+    (ff.HeunSampler, lambda T: 2 * T),
+    (ff.AdamsBashforthSampler, lambda T: T),
+])
+def test_nfe_is_counted_exactly(make, calls):
+    counted = Counted(gaussian())
+    res = make(10).sample(counted, noise(4, 3))
+    assert res.nfe == counted.calls == calls(10)
+    assert res.skipped == []
+
+
+def test_velocity_is_called_by_keyword_with_batched_time_and_extras_untouched():
+    seen = []
+
+    def velocity(*, x, t, y, scale):
+        seen.append((t.shape, t.dtype, y, scale))
+        return torch.zeros_like(x)
+
+    labels = torch.tensor([1, 2, 3])
+    ff.EulerSampler(4).sample(velocity, torch.zeros(3, 2), y=labels, scale=2.5)
+    assert len(seen) == 4
+    for shape, dtype, y, scale in seen:
+        assert shape == (3,) and dtype == torch.float32 and y is labels and scale == 2.5
+
+
+def test_grid_runs_from_noise_to_data():
+    counted = Counted(gaussian())
+    res = ff.EulerSampler(4).sample(counted, noise(2, 3), trace=True)
+    assert [t[0].item() for t in counted.times] == [0.0, 0.25, 0.5, 0.75]
+    assert len(res.trace) == 5 and torch.equal(res.trace[-1], res.x)
+
+
+def test_bad_input_gets_clear_errors():
+    with pytest.raises(ValueError, match="steps must be >= 2"):
+        ff.EulerSampler(1)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        ff.HeunSampler(2.5)
+    with pytest.raises(ValueError, match="order must be one of"):
+        ff.AdamsBashforthSampler(10, order=7)
+    with pytest.raises(ValueError, match=r"velocity returned \(3, 1\), expected .*\(3, 2\)"):
+        ff.EulerSampler(4).sample(lambda x, t: x[:, :1], torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="non-finite"):
+        ff.EulerSampler(4).sample(lambda x, t: x / 0.0, torch.zeros(3, 2))
+    with pytest.raises(TypeError, match="callable"):
+        ff.EulerSampler(4).sample("model", torch.zeros(3, 2))
