@@ -5,6 +5,7 @@ x_t = (1 - t) * noise + t * data, v = data - noise, and samplers integrate
 dx/dt = v(x, t) from 0 to 1 on the uniform grid t_k = k / T.
 """
 from . import toy
+from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .bandit import BANDITS, EpsilonGreedy, GaussianThompson, UCB1, make_bandit
 from .extrapolate import History, newton_extrapolate
 from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler
@@ -17,10 +18,13 @@ SAMPLERS = {
     "heun": HeunSampler,
     "ab2": AdamsBashforthSampler,
     "fastflow": FastFlowSampler,
+    "teacache": TeaCacheSampler,
+    "taylorseer": TaylorSeerSampler,
 }
 
 __all__ = [
     "SampleResult", "VelocityField", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler",
     "ExtrapolatedEulerSampler", "extrapolated_euler", "FastFlowSampler", "History", "newton_extrapolate",
+    "TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule",
     "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "SAMPLERS", "toy",
 ]

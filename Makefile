@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` (main job) and `make test`.
+# Both build the project's own virtual environment from requirements.txt first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: install demo test bench bench-smoke clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+demo: install
+	$(PY) sample.py
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

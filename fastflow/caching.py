@@ -1,0 +1,93 @@
+"""Two caching baselines from the diffusion-acceleration literature, as Euler skip rules.
+
+Both plug into ``EulerSampler.velocity`` like FastFlow does, so they share its loop,
+its NFE accounting and its time convention (t = 0 noise, t = 1 data, t_k = k / T).
+
+* TeaCache-style (Liu et al., 2024): reuse the last computed velocity while the
+  accumulated relative L1 change of the model input since that computation,
+  sum_j ||x_j - x_{j-1}||_1 / ||x_{j-1}||_1, stays under a threshold. The first and the
+  last step are always computed. (TeaCache proper measures the change of the
+  timestep-modulated input of the first block and rescales it with a fitted polynomial;
+  this rule uses the raw input, which keeps it model-agnostic.)
+* TaylorSeer-style (Liu et al., 2025): compute the model every ``interval`` steps and
+  forecast the velocity in between with an order-2 Taylor/finite-difference expansion
+  through the last three computed velocities (lower orders while fewer exist).
+"""
+from __future__ import annotations
+
+from .extrapolate import History
+from .fastflow import _check_order
+from .solvers import EulerSampler
+
+__all__ = ["TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule"]
+
+
+class TeaCacheSampler(EulerSampler):
+    """Euler that reuses the cached velocity while the input has changed little.
+
+    Args:
+        steps: T.
+        threshold: bound on the accumulated relative L1 change of x; 0 computes every step.
+    """
+
+    def __init__(self, steps: int, threshold: float = 0.1):
+        super().__init__(steps)
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        self.threshold = threshold
+
+    def start(self, field):
+        return {"cached": None, "prev_x": None, "acc": 0.0}
+
+    def velocity(self, field, st, k, x):
+        if st["prev_x"] is not None:
+            prev = st["prev_x"]
+            st["acc"] += ((x - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12)).item()
+        st["prev_x"] = x
+        if st["cached"] is not None and k < field.steps - 1 and st["acc"] < self.threshold:
+            field.mark_skipped(k)
+            return st["cached"]
+        st["cached"], st["acc"] = field.at(k, x), 0.0
+        return st["cached"]
+
+    def __repr__(self):
+        return f"TeaCacheSampler(steps={self.steps}, threshold={self.threshold})"
+
+
+class TaylorSeerSampler(EulerSampler):
+    """Euler that calls the model at steps k = 0..order and every ``interval``-th step,
+    and forecasts v elsewhere by Newton extrapolation through the last order + 1 calls.
+
+    The model is called exactly at {k : k <= order or k % interval == 0}.
+    """
+
+    def __init__(self, steps: int, interval: int = 3, order: int = 2):
+        super().__init__(steps)
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval must be an int >= 1, got {interval!r}")
+        self.interval = interval
+        self.order = _check_order(order)
+
+    def start(self, field):
+        return History(self.order + 1)
+
+    def velocity(self, field, history, k, x):
+        if k <= self.order or k % self.interval == 0:
+            v = field.at(k, x)
+            history.append(field.t(k), v)
+            return v
+        field.mark_skipped(k)
+        return history.extrapolate(field.t(k), min(self.order, len(history) - 1))
+
+    def calls(self) -> int:
+        """Model calls per run."""
+        return sum(1 for k in range(self.steps) if k <= self.order or k % self.interval == 0)
+
+    def __repr__(self):
+        return f"TaylorSeerSampler(steps={self.steps}, interval={self.interval}, order={self.order})"
+
+
+def static_skip_schedule(steps: int, order: int = 1) -> list[int]:
+    """Extrapolate every other step: S = {order + 1, order + 3, ...} below T - 1."""
+    return list(range(order + 1, steps - 1, 2))
+
