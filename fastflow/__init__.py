@@ -10,6 +10,7 @@ from .bandit import BANDITS, EpsilonGreedy, GaussianThompson, UCB1, make_bandit
 from .extrapolate import History, newton_extrapolate
 from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler
 from .field import VelocityField
+from .flowturbo import FlowTurboSampler
 from .result import SampleResult
 from .solvers import AdamsBashforthSampler, EulerSampler, HeunSampler, Sampler
 
@@ -24,7 +25,7 @@ SAMPLERS = {
 
 __all__ = [
     "SampleResult", "VelocityField", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler",
-    "ExtrapolatedEulerSampler", "extrapolated_euler", "FastFlowSampler", "History", "newton_extrapolate",
+    "ExtrapolatedEulerSampler", "FlowTurboSampler", "extrapolated_euler", "FastFlowSampler", "History", "newton_extrapolate",
     "TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule",
     "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "SAMPLERS", "toy",
 ]
