@@ -1,0 +1,230 @@
+"""Every sampler on the same noise and labels: quality against cost.
+
+Writes results/bench.json and results/pareto.png and prints a table. For each sampler:
+NFE (model calls per batch), wall time (median of --repeats timed runs of one batch
+after a warm-up run, in this process), the share of that time spent outside the model
+(sampler overhead), PSNR and SSIM against Euler-50 from the same noise and labels,
+classifier accuracy, and the FID-style Frechet distance to the 10k real digits in the
+feature space of the project's digit classifier (not Inception FID).
+
+FastFlow is measured as it would be used: its bandit is first warmed up on --warmup
+batches of other noise (its state persisting), then measured on the evaluation noise.
+
+    python benchmarks/bench.py                       # full run (minutes on 2 CPU cores)
+    python benchmarks/bench.py --n 8 --batch-size 8 --repeats 1 --warmup 1 --quick   # smoke
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fastflow as ff  # noqa: E402
+from evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, Judge,  # noqa: E402
+                        balanced_labels, fidelity, machine_info, make_noise, median_seconds, run_batched)
+
+
+class TimedVelocity:
+    """Wraps the model and accumulates the seconds spent inside it."""
+
+    def __init__(self, fn, device):
+        self.fn, self.device, self.seconds = fn, device, 0.0
+
+    def __call__(self, **kwargs):
+        from evaluation import sync
+        sync(self.device)
+        start = time.perf_counter()
+        out = self.fn(**kwargs)
+        sync(self.device)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def configurations(quick: bool, refiner, mus) -> list[tuple[str, str, callable]]:
+    """(family, label, factory) for every sampler in the benchmark."""
+    cfgs = [("euler", f"Euler-{T}", lambda T=T: ff.EulerSampler(T)) for T in (50, 25, 20, 15, 10)]
+    cfgs += [("heun", f"Heun-{T} (NFE {2 * T})", lambda T=T: ff.HeunSampler(T)) for T in (25, 12, 10, 7, 5)]
+    cfgs += [("ab2", f"AB2-{T}", lambda T=T: ff.AdamsBashforthSampler(T, order=2)) for T in (25, 20, 15, 10)]
+    cfgs += [("static", "Static-50 (every other step)", lambda: ff.ExtrapolatedEulerSampler(50, ff.static_skip_schedule(50)))]
+    for mu in mus:
+        name = "calibrated" if mu is None else f"{mu:g}"
+        cfgs.append(("fastflow", f"FastFlow-50 mu={name}", lambda mu=mu: ff.FastFlowSampler(50, mu=mu)))
+    cfgs += [("teacache", f"TeaCache-50 d={d:g}", lambda d=d: ff.TeaCacheSampler(50, threshold=d)) for d in (0.05, 0.1, 0.2)]
+    cfgs += [("taylorseer", f"TaylorSeer-50 N={k}", lambda k=k: ff.TaylorSeerSampler(50, interval=k)) for k in (2, 3, 5)]
+    turbo = [(1, 9, 0), (1, 19, 0), (2, 8, 0)]
+    if refiner is not None:
+        turbo += [(1, 5, 4), (1, 9, 5), (2, 8, 6), (1, 3, 6)]
+    for a, b, c in turbo:
+        cfgs.append(("flowturbo", f"FlowTurbo H{a}P{b}R{c}",
+                     lambda a=a, b=b, c=c: ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner)))
+    if refiner is not None:
+        cfgs.append(("flowturbo", "FlowTurbo H1P5R4 published",
+                     lambda: ff.FlowTurboSampler(heun=1, pseudo=5, refine=4, refiner=refiner, refiner_form="published")))
+    if quick:  # one of each family, smallest budgets
+        seen, keep = set(), []
+        for fam, label, make in cfgs:
+            if fam not in seen or label == "Euler-50":
+                keep.append((fam, label, make))
+                seen.add(fam)
+        cfgs = keep
+    return cfgs
+
+
+def measure(family, label, make, velocity, x0, labels, args, device, judge, reference, progress):
+    sampler = make()
+    extras = {"cfg_scale": args.cfg}
+    if isinstance(sampler, ff.FastFlowSampler):
+        for i in range(args.warmup):
+            xw = make_noise(args.batch_size, tuple(x0.shape[1:]), seed=args.seed + 7919 * (i + 1)).to(device)
+            sampler.sample(velocity, xw, y=labels[:args.batch_size].to(device), **extras)
+    run = run_batched(sampler, velocity, x0, labels, args.batch_size, device, progress, **extras)
+    xb, yb = x0[:args.batch_size].to(device), labels[:args.batch_size].to(device)
+    seconds = median_seconds(lambda: sampler.sample(velocity, xb, y=yb, **extras), args.repeats, device)
+    timed = TimedVelocity(velocity, device)
+    start = time.perf_counter()
+    sampler.sample(timed, xb, y=yb, **extras)
+    total = time.perf_counter() - start
+    row = {"family": family, "label": label, "sampler": repr(sampler), "nfe": run.nfe,
+           "seconds_per_batch": seconds, "overhead_share": max(total - timed.seconds, 0.0) / total}
+    if isinstance(sampler, ff.FlowTurboSampler):
+        row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
+    if reference is not None:
+        row["psnr"], row["ssim"] = fidelity(run.images, reference)
+    if isinstance(sampler, ff.FastFlowSampler):
+        row["mu"] = sampler.mu
+        if reference is not None:  # plain Euler with FastFlow's (rounded) NFE, same noise
+            same = run_batched(ff.EulerSampler(max(2, round(run.nfe))), velocity, x0, labels, args.batch_size,
+                               device, None, **extras)
+            row["euler_same_nfe_psnr"] = fidelity(same.images, reference)[0]
+    if judge is not None:
+        row["accuracy"] = judge.accuracy(run.images, labels)
+        row["fid_features"] = judge.fid(run.images)
+    return row, run.images
+
+
+def targets(rows: list[dict]) -> dict:
+    """The project's targets, checked on the measured rows."""
+    euler50 = next(r for r in rows if r["label"] == "Euler-50")
+    out = {}
+    for r in rows:
+        if r["family"] != "fastflow":
+            continue
+        speedup = euler50["seconds_per_batch"] / r["seconds_per_batch"]
+        euler_psnr = r.get("euler_same_nfe_psnr")
+        entry = {"speedup": speedup, "psnr": r.get("psnr"), "euler_psnr_at_same_nfe": euler_psnr,
+                 "accuracy_drop_points": 100 * (euler50.get("accuracy", 0) - r.get("accuracy", 0))}
+        entry["speedup_2.6x_at_30dB_and_1pt"] = bool(speedup >= 2.6 and (r.get("psnr") or 0) >= 30
+                                                   and entry["accuracy_drop_points"] <= 1.0)
+        entry["beats_euler_at_equal_nfe"] = bool(r.get("psnr") is not None and euler_psnr is not None
+                                                 and r["psnr"] > euler_psnr)
+        out[r["label"]] = entry
+    return out
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    finite = [r for r in rows if r.get("psnr") is not None]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    families = sorted({r["family"] for r in rows})
+    colors = dict(zip(families, plt.cm.tab10.colors))
+    panels = [("nfe", "psnr", "model calls (NFE)", "PSNR vs Euler-50 (dB)", finite),
+              ("seconds_per_batch", "psnr", "wall time per batch (s)", "PSNR vs Euler-50 (dB)", finite),
+              ("nfe", "fid_features", "model calls (NFE)", "FID-style distance (classifier features)",
+               [r for r in rows if "fid_features" in r])]
+    for ax, (xk, yk, xl, yl, data) in zip(axes, panels):
+        for fam in families:
+            pts = sorted((r[xk], r[yk]) for r in data if r["family"] == fam)
+            if pts:
+                ax.plot(*zip(*pts), "o-" if fam in ("euler", "heun", "ab2") else "o", color=colors[fam], label=fam)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Quality against cost, same noise and labels (higher PSNR, lower distance is better)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args):
+    from models.checkpoint import load_model
+    torch.set_num_threads(args.threads) if args.threads else None
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device == "auto" else
+                          ("cpu" if args.device == "auto" else args.device))
+    model, config, _ = load_model(args.ckpt, device=device)
+    refiner = None
+    if os.path.exists(args.refiner):
+        from models.refiner import load_refiner
+        refiner = load_refiner(args.refiner, model, device=device)
+    judge = Judge(args.classifier, args.feature_stats) if os.path.exists(args.classifier) else None
+    shape = (config.in_channels, config.image_size, config.image_size)
+    x0, labels = make_noise(args.n, shape, args.seed), balanced_labels(args.n, config.num_classes)
+    velocity = model.forward_with_cfg
+    mus = [None] + args.mu
+    rows, reference = [], None
+    cfgs = configurations(args.quick, refiner, mus)
+    for family, label, make in tqdm(cfgs, desc="samplers"):
+        row, images = measure(family, label, make, velocity, x0, labels, args, device, judge, reference, None)
+        if label == "Euler-50":
+            reference = images
+            row["psnr"], row["ssim"] = None, 1.0  # the reference itself
+        rows.append(row)
+    result = {"machine": machine_info(device), "args": vars(args), "rows": rows, "targets": targets(rows)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
+    with open(args.out_json, "w") as f:
+        json.dump(result, f, indent=1, allow_nan=False)
+    plot(rows, args.out_plot)
+    print_table(rows, result["machine"])
+    for label, t in result["targets"].items():
+        print(f"{label}: speedup {t['speedup']:.2f}x, PSNR {t['psnr']:.1f} dB (Euler at same NFE "
+              f"{t['euler_psnr_at_same_nfe']:.1f}), accuracy drop {t['accuracy_drop_points']:.1f} pt -> "
+              f"2.6x target {'met' if t['speedup_2.6x_at_30dB_and_1pt'] else 'MISSED'}, "
+              f"equal-NFE target {'met' if t['beats_euler_at_equal_nfe'] else 'MISSED'}")
+    print(f"wrote {args.out_json} and {args.out_plot}")
+    return result
+
+
+def print_table(rows, machine):
+    print(f"machine: {machine}")
+    print(f"{'sampler':32s} {'NFE':>6s} {'s/batch':>8s} {'speedup':>7s} {'ovh%':>5s} {'PSNR':>6s} {'SSIM':>6s} "
+          f"{'acc':>6s} {'FD':>7s}")
+    base = next(r for r in rows if r["label"] == "Euler-50")["seconds_per_batch"]
+    for r in rows:
+        f = lambda k, s: format(r[k], s) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
+        print(f"{r['label']:32s} {r['nfe']:6.1f} {r['seconds_per_batch']:8.3f} {base / r['seconds_per_batch']:7.2f} "
+              f"{100 * r['overhead_share']:5.1f} {f('psnr', '6.2f')} {f('ssim', '6.4f')} {f('accuracy', '6.3f')} "
+              f"{f('fid_features', '7.2f')}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=DEFAULT_CKPT)
+    p.add_argument("--refiner", default=os.path.join(os.path.dirname(DEFAULT_CKPT), "refiner_mnist.pt"))
+    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
+    p.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS)
+    p.add_argument("--n", type=int, default=1000, help="evaluation samples")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--cfg", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument("--warmup", type=int, default=20, help="FastFlow bandit warm-up batches")
+    p.add_argument("--mu", type=float, nargs="*", default=[1e-3, 3e-3, 1e-2, 3e-2], help="extra FastFlow mu values")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="one configuration per family (smoke test)")
+    p.add_argument("--out-json", default="results/bench.json")
+    p.add_argument("--out-plot", default="results/pareto.png")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
