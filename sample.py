@@ -197,10 +197,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-if __name__ == "__main__":
-    arguments = parse_args()
+def cli(argv=None) -> int:
+    """Run sample.py; bad input ends with a one-line error and exit status 1 (2 for bad flags)."""
+    args = parse_args(argv)
     try:
-        main(arguments)
-    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        main(args)
+    except (ValueError, OSError, KeyError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
