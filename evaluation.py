@@ -100,9 +100,13 @@ class Judge:
         return frechet_distance(mu, sigma, self.real_mu, self.real_sigma)
 
 
+PSNR_CAP = 100.0  # dB; per-image PSNR of identical images is +inf, counted as this cap in the mean
+
+
 def fidelity(images: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
-    """Mean PSNR (dB) and SSIM of images against the reference run from the same noise."""
-    return psnr(images, reference).mean().item(), ssim(images, reference).mean().item()
+    """Mean per-image PSNR (dB, each capped at PSNR_CAP) and mean SSIM against the reference
+    run from the same noise and labels."""
+    return psnr(images, reference).clamp(max=PSNR_CAP).mean().item(), ssim(images, reference).mean().item()
 
 
 def save_grid(images: torch.Tensor, path: str, nrow: int = 10) -> None:

@@ -4,7 +4,7 @@ Time convention everywhere: t in [0, 1], t = 0 is noise, t = 1 is data,
 x_t = (1 - t) * noise + t * data, v = data - noise, and samplers integrate
 dx/dt = v(x, t) from 0 to 1 on the uniform grid t_k = k / T.
 """
-from . import toy
+from . import metrics, toy
 from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .bandit import BANDITS, EpsilonGreedy, GaussianThompson, UCB1, make_bandit
 from .extrapolate import History, newton_extrapolate
@@ -27,5 +27,5 @@ __all__ = [
     "SampleResult", "VelocityField", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler",
     "ExtrapolatedEulerSampler", "FlowTurboSampler", "extrapolated_euler", "FastFlowSampler", "History", "newton_extrapolate",
     "TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule",
-    "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "SAMPLERS", "toy",
+    "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "SAMPLERS", "toy", "metrics",
 ]
