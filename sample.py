@@ -115,7 +115,8 @@ def main(args) -> dict:
         row = {"sampler": name, "steps": args.steps, "nfe": run.nfe, "sampling_seconds": run.seconds}
         if base is not None:
             row["speedup"] = base.seconds / run.seconds
-            row["psnr_vs_euler"], row["ssim_vs_euler"] = fidelity(run.images, base.images)
+            if run is not base:
+                row["psnr_vs_euler"], row["ssim_vs_euler"] = fidelity(run.images, base.images)
         if judge is not None:
             row["accuracy"] = judge.accuracy(run.images, labels)
         if isinstance(samplers[name], ff.FastFlowSampler):
