@@ -55,7 +55,7 @@ def build_sampler(name: str, args, refiner=None) -> ff.Sampler:
 def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, device) -> None:
     """Let the bandit learn on ``args.warmup`` batches of other noise before measuring."""
     for i in tqdm(range(args.warmup), desc="bandit warm-up", leave=False, disable=args.quiet):
-        x0 = make_noise(labels.shape[0], shape, seed=args.seed + 1_000_003 * (i + 1)).to(device)
+        x0 = make_noise(labels.shape[0], shape, seed=args.seed + 1_000_003 * (i + 1)).to(device)  # other noise
         sampler.sample(velocity, x0, y=labels.to(device), cfg_scale=args.cfg)
 
 
@@ -102,7 +102,7 @@ def main(args) -> dict:
         if isinstance(sampler, ff.FastFlowSampler):
             if args.bandit_state and os.path.exists(args.bandit_state):
                 sampler.load_state(args.bandit_state)
-            warm_up_bandit(sampler, velocity, shape, labels[:args.batch_size], args, device)
+            warm_up_bandit(sampler, velocity, shape, labels[:args.warmup_batch_size], args, device)
         runs[name] = run_batched(sampler, velocity, x0, labels, args.batch_size, device, progress, cfg_scale=args.cfg)
         samplers[name] = sampler
         if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state:
@@ -186,6 +186,7 @@ def parse_args(argv=None):
     g.add_argument("--order", type=int, default=1)
     g.add_argument("--bandit", choices=sorted(ff.BANDITS), default="ucb1")
     g.add_argument("--warmup", type=int, default=10, help="bandit warm-up batches on other noise")
+    g.add_argument("--warmup-batch-size", type=int, default=25, help="samples per warm-up batch")
     g.add_argument("--bandit-state", default=None, help="load the bandit from FILE if it exists, save it back")
     g = p.add_argument_group("other samplers")
     g.add_argument("--threshold", type=float, default=0.1, help="TeaCache relative-L1 threshold")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
 from evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, Judge,  # noqa: E402
-                        balanced_labels, fidelity, machine_info, make_noise, median_seconds, run_batched)
+                        balanced_labels, fidelity, machine_info, make_noise, median_seconds, run_batched, sync)
 
 
 class TimedVelocity:
@@ -37,7 +37,6 @@ class TimedVelocity:
         self.fn, self.device, self.seconds = fn, device, 0.0
 
     def __call__(self, **kwargs):
-        from evaluation import sync
         sync(self.device)
         start = time.perf_counter()
         out = self.fn(**kwargs)
@@ -76,22 +75,19 @@ def configurations(quick: bool, refiner, mus) -> list[tuple[str, str, callable]]
     return cfgs
 
 
-def measure(family, label, make, velocity, x0, labels, args, device, judge, reference, progress):
+def measure(family, label, make, velocity, x0, labels, args, device, judge, reference):
     sampler = make()
     extras = {"cfg_scale": args.cfg}
-    if isinstance(sampler, ff.FastFlowSampler):
+    if isinstance(sampler, ff.FastFlowSampler):  # learn on other noise first, as a user would
         for i in range(args.warmup):
-            xw = make_noise(args.batch_size, tuple(x0.shape[1:]), seed=args.seed + 7919 * (i + 1)).to(device)
-            sampler.sample(velocity, xw, y=labels[:args.batch_size].to(device), **extras)
-    run = run_batched(sampler, velocity, x0, labels, args.batch_size, device, progress, **extras)
+            xw = make_noise(args.warmup_batch_size, tuple(x0.shape[1:]), seed=args.seed + 7919 * (i + 1)).to(device)
+            sampler.sample(velocity, xw, y=labels[:args.warmup_batch_size].to(device), **extras)
+    timed = TimedVelocity(velocity, device)
+    run = run_batched(sampler, timed, x0, labels, args.batch_size, device, None, **extras)
     xb, yb = x0[:args.batch_size].to(device), labels[:args.batch_size].to(device)
     seconds = median_seconds(lambda: sampler.sample(velocity, xb, y=yb, **extras), args.repeats, device)
-    timed = TimedVelocity(velocity, device)
-    start = time.perf_counter()
-    sampler.sample(timed, xb, y=yb, **extras)
-    total = time.perf_counter() - start
     row = {"family": family, "label": label, "sampler": repr(sampler), "nfe": run.nfe,
-           "seconds_per_batch": seconds, "overhead_share": max(total - timed.seconds, 0.0) / total}
+           "seconds_per_batch": seconds, "overhead_share": max(run.seconds - timed.seconds, 0.0) / run.seconds}
     if isinstance(sampler, ff.FlowTurboSampler):
         row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
     if reference is not None:
@@ -173,7 +169,7 @@ def main(args):
     rows, reference = [], None
     cfgs = configurations(args.quick, refiner, mus)
     for family, label, make in tqdm(cfgs, desc="samplers"):
-        row, images = measure(family, label, make, velocity, x0, labels, args, device, judge, reference, None)
+        row, images = measure(family, label, make, velocity, x0, labels, args, device, judge, reference)
         if label == "Euler-50":
             reference = images
             row["psnr"], row["ssim"] = None, 1.0  # the reference itself
@@ -211,12 +207,13 @@ def parse_args(argv=None):
     p.add_argument("--refiner", default=os.path.join(os.path.dirname(DEFAULT_CKPT), "refiner_mnist.pt"))
     p.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
     p.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS)
-    p.add_argument("--n", type=int, default=1000, help="evaluation samples")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--n", type=int, default=300, help="evaluation samples")
+    p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--cfg", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument("--repeats", type=int, default=2, help="timed repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=20, help="FastFlow bandit warm-up batches")
+    p.add_argument("--warmup-batch-size", type=int, default=25, help="samples per warm-up batch")
     p.add_argument("--mu", type=float, nargs="*", default=[1e-3, 3e-3, 1e-2, 3e-2], help="extra FastFlow mu values")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
