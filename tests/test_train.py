@@ -1,0 +1,114 @@
+"""train.py: data order, exact resume, export, and a two-rank torchrun run."""
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+import train
+from models import load_checkpoint, load_model
+from models.checkpoint import FULL_KEYS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    """64 fake MNIST training digits in idx .gz format."""
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, size=(64, 28, 28), dtype=np.uint8)
+    labels = np.arange(64, dtype=np.uint8) % 10
+    for name, arr, magic in [("train-images-idx3-ubyte.gz", images, 2051), ("train-labels-idx1-ubyte.gz", labels, 2049)]:
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(header + arr.tobytes())
+    return tmp_path
+
+
+def tiny_args(root, out_dir, steps, *extra):
+    return train.parse_args([
+        "--dataset", "mnist", "--data-root", str(root), "--model", "DiT-MNIST-tiny", "--steps", str(steps),
+        "--batch-size", "8", "--lr", "1e-3", "--warmup", "2", "--out-dir", str(out_dir), "--ckpt-every", "0",
+        "--sample-every", "0", "--sample-steps", "2", "--log-every", "1", "--threads", "1", "--no-progress", *extra,
+    ])
+
+
+def test_step_batches_do_not_depend_on_start():
+    sampler = DistributedSampler(range(20), num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+    full = list(train.StepBatchSampler(sampler, 4, 0, 12))
+    tail = list(train.StepBatchSampler(sampler, 4, 7, 12))
+    assert tail == full[7:]
+    assert sorted(sum(full[:5], [])) == list(range(20))  # one epoch = one permutation
+    assert full[:5] != full[5:10]  # reshuffled each epoch
+
+
+def test_step_generators_are_reproducible_and_distinct():
+    a = torch.randn(3, generator=train.step_generator(0, 5))
+    assert torch.equal(a, torch.randn(3, generator=train.step_generator(0, 5)))
+    assert not torch.equal(a, torch.randn(3, generator=train.step_generator(0, 6)))
+    assert not torch.equal(a, torch.randn(3, generator=train.step_generator(1, 5)))
+
+
+def test_t_sampling_in_unit_interval():
+    for kind in ("uniform", "logit-normal"):
+        t = train.sample_t(1000, kind, torch.Generator().manual_seed(0))
+        assert t.shape == (1000,) and 0 < t.min() and t.max() < 1
+    with pytest.raises(ValueError):
+        train.sample_t(3, "cosine", torch.Generator())
+
+
+def test_resume_reaches_same_weights_and_export(mnist_root, tmp_path):
+    straight = train.main(tiny_args(mnist_root, tmp_path / "a", 10))
+    assert straight["step"] == 10 and np.isfinite(straight["loss"])
+
+    first = train.main(tiny_args(mnist_root, tmp_path / "b", 5))  # 8 batches per epoch: resume mid-epoch 0
+    assert load_checkpoint(tmp_path / "b" / "last.pt", required=FULL_KEYS)["step"] == 5
+    resumed = train.main(tiny_args(mnist_root, tmp_path / "b", 10, "--resume", "--export", str(tmp_path / "slim.pt"),
+                                   "--export-dtype", "float16"))
+    assert resumed["step"] == 10 and first["step"] == 5
+    for key in ("model", "ema"):
+        a, b = straight[key].state_dict(), resumed[key].state_dict()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
+
+    model, config, meta = load_model(tmp_path / "slim.pt")
+    assert config.hidden_size == 64 and meta["step"] == 10 and meta["data"]["num_examples"] == 64
+    assert os.path.getsize(tmp_path / "slim.pt") < 0.6 * os.path.getsize(tmp_path / "b" / "last.pt")
+    assert os.path.isfile(tmp_path / "b" / "samples" / "step_0000010.png")
+    assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 10
+
+
+def test_euler_sample_is_exact_for_constant_velocity():
+    x0 = torch.zeros(2, 1, 2, 2)
+    v = lambda x, t, shift: torch.ones_like(x) * shift
+    torch.testing.assert_close(train.euler_sample(v, x0, 7, shift=3.0), torch.full_like(x0, 3.0))
+
+
+@pytest.mark.skipif(os.environ.get("FASTFLOW_SKIP_DDP") == "1", reason="FASTFLOW_SKIP_DDP=1")
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_ddp_torchrun_two_ranks(mnist_root, tmp_path):
+    """Two gloo ranks for 3 steps; deselect with -k 'not ddp' or FASTFLOW_SKIP_DDP=1."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "train.py", "--dataset", "mnist", "--data-root",
+           str(mnist_root), "--model", "DiT-MNIST-tiny", "--steps", "3", "--batch-size", "8", "--out-dir",
+           str(tmp_path / "ddp"), "--sample-every", "0", "--sample-steps", "2", "--no-progress", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt", required=FULL_KEYS)
+    assert ckpt["step"] == 3 and ckpt["config"]["hidden_size"] == 64
+    assert sorted(os.listdir(tmp_path / "ddp")) == ["last.pt", "log.jsonl", "samples"]  # rank 0 wrote once

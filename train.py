@@ -1,0 +1,319 @@
+"""Train a class-conditional DiT with rectified flow (single process or torchrun/DDP).
+
+Time convention: t in [0, 1], t = 0 is noise, t = 1 is data,
+
+    x_t = (1 - t) * noise + t * data,     loss = || v(x_t, t, y) - (data - noise) ||^2.
+
+Examples:
+    python train.py --dataset mnist --split test --model DiT-MNIST-tiny --steps 200
+    torchrun --nproc_per_node=2 train.py --dataset mnist --split test --steps 100
+    python train.py ... --resume            # continue from <out-dir>/last.pt
+
+Reproducibility: the model is initialised from --seed; the data order comes from a
+DistributedSampler seeded with --seed (epoch = step // batches_per_epoch), and the
+noise, times and label dropout of step k on rank r come from a generator seeded by
+(seed * world_size + r, k). A resumed run therefore reaches the same weights as an
+uninterrupted one.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from data import DATASETS, build_dataset
+from models import DIT_CONFIGS, DiT
+from models.checkpoint import FULL_KEYS, load_checkpoint, save_checkpoint
+
+try:  # the project's sampler library; the local Euler loop below is the fallback
+    from fastflow import EulerSampler
+except ImportError:
+    EulerSampler = None
+
+
+# ---------------------------------------------------------------- randomness and data order
+
+
+def step_generator(rank_seed: int, step: int) -> torch.Generator:
+    """CPU generator for step `step` of a rank whose seed is `rank_seed` (independent streams)."""
+    state = np.random.SeedSequence([rank_seed, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class StepBatchSampler(Sampler):
+    """Yields the index batches of steps start_step .. total_steps - 1.
+
+    Step k uses epoch k // B of `sampler` (a DistributedSampler, reshuffled with
+    set_epoch) and its (k % B)-th batch, with B = len(sampler) // batch_size; so the
+    batch of a step does not depend on where a run was resumed.
+    """
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, start_step: int, total_steps: int):
+        self.sampler, self.batch_size = sampler, batch_size
+        self.start_step, self.total_steps = start_step, total_steps
+        self.batches_per_epoch = len(sampler) // batch_size
+        assert self.batches_per_epoch > 0, (
+            f"dataset shard of {len(sampler)} examples is smaller than one batch of {batch_size}")
+
+    def __len__(self):
+        return max(0, self.total_steps - self.start_step)
+
+    def __iter__(self):
+        epoch, order = None, None
+        for step in range(self.start_step, self.total_steps):
+            e, b = divmod(step, self.batches_per_epoch)
+            if e != epoch:
+                self.sampler.set_epoch(e)
+                epoch, order = e, list(self.sampler)
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+def sample_t(n: int, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Training times, (n,) in (0, 1): uniform, or logit-normal t = sigmoid(z), z ~ N(0, 1) (SD3)."""
+    if kind == "uniform":
+        return torch.rand(n, generator=generator)
+    if kind == "logit-normal":
+        return torch.sigmoid(torch.randn(n, generator=generator))
+    raise ValueError(f"unknown t sampling {kind!r}")
+
+
+# ---------------------------------------------------------------- loss, EMA, sampling
+
+
+def rectified_flow_loss(model, x1, y, t, noise, drop):
+    """MSE(v(x_t, t, y), x1 - x0) with x0 = noise, x_t = (1 - t) x0 + t x1. Shapes (N, C, H, W), t (N,)."""
+    t_ = t.view(-1, 1, 1, 1)
+    x_t = (1 - t_) * noise + t_ * x1  # (N, C, H, W)
+    v = model(x_t, t, y, force_drop_ids=drop)[:, : x1.shape[1]]  # (N, C, H, W)
+    return F.mse_loss(v.float(), (x1 - noise).float())
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+@torch.no_grad()
+def euler_sample(velocity, x: torch.Tensor, steps: int, **extras) -> torch.Tensor:
+    """Euler from noise (t = 0) to data (t = 1): x <- x + (1/steps) * velocity(x=x, t=t, **extras).
+
+    Args:
+        velocity: callable(x=(N, C, H, W), t=(N,), **extras) -> (N, C, H, W).
+        x: (N, C, H, W) initial noise.
+        steps: number of uniform steps (= function evaluations).
+    """
+    ts = torch.linspace(0.0, 1.0, steps + 1, device=x.device)
+    for i in range(steps):
+        t = ts[i].expand(x.shape[0])  # (N,)
+        x = x + (ts[i + 1] - ts[i]) * velocity(x=x, t=t, **extras)
+    return x
+
+
+def sample_images(model: DiT, labels: torch.Tensor, steps: int, cfg_scale: float, seed: int) -> torch.Tensor:
+    """Samples (N, C, H, W) in [-1, 1] for `labels`, Euler with `steps` steps, noise from `seed`."""
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(labels), c.in_channels, c.image_size, c.image_size, generator=g)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    extras = dict(y=labels.to(device), cfg_scale=cfg_scale)
+    if EulerSampler is not None:
+        x = EulerSampler(steps).sample(model.forward_with_cfg, noise.to(device), **extras).x
+    else:
+        x = euler_sample(model.forward_with_cfg, noise.to(device), steps, **extras)
+    model.train(was_training)
+    return x.clamp(-1, 1).cpu()
+
+
+def save_grid(images: torch.Tensor, path: str, nrow: int) -> None:
+    """Write (N, C, H, W) images in [-1, 1] as one PNG grid."""
+    from torchvision.utils import save_image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_image((images + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup_distributed():
+    """(rank, world_size, local_rank, device); init a process group only under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, local_rank, device
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    p.add_argument("--data-root", default=None, help="default: ../shared/data/<dataset> next to the repo")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--image-size", type=int, default=None, help="resize images (default: native size)")
+    p.add_argument("--model", choices=sorted(DIT_CONFIGS), default="DiT-MNIST-tiny")
+    p.add_argument("--steps", type=int, default=1000, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size (split over ranks)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100, help="linear learning-rate warmup steps")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off)")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="EMA decay; step k uses min(decay, (1 + k) / (10 + k)) so early averages stay recent")
+    p.add_argument("--t-sampling", choices=["uniform", "logit-normal"], default="logit-normal")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default="runs/mnist")
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=500, help="0 = only at the end")
+    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt if it exists")
+    p.add_argument("--export", default=None, help="write a slim EMA-only checkpoint here at the end")
+    p.add_argument("--export-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per rank (0 = cores / ranks)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(args):
+    rank, world_size, local_rank, device = setup_distributed()
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(args.threads or max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+    assert args.batch_size % world_size == 0, f"batch size {args.batch_size} not divisible by {world_size} ranks"
+    local_batch = args.batch_size // world_size
+    rank_seed = args.seed * world_size + rank
+    is_main = rank == 0
+
+    if args.download and world_size > 1 and not is_main:
+        dist.barrier()  # let rank 0 download first
+    dataset, info = build_dataset(args.dataset, args.data_root, train=args.split == "train",
+                                  download=args.download and is_main, image_size=args.image_size)
+    if args.download and world_size > 1 and is_main:
+        dist.barrier()
+    base = DIT_CONFIGS[args.model]
+    config = replace(base, image_size=info.image_size, in_channels=info.channels, num_classes=info.num_classes)
+
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    model = DiT(config).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    start_step, elapsed_before = 0, 0.0
+    last_path = os.path.join(args.out_dir, "last.pt")
+    if args.resume and os.path.isfile(last_path):
+        ckpt = load_checkpoint(last_path, required=FULL_KEYS, expected_config=config, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_step, elapsed_before = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+        if is_main:
+            print(f"resumed from {last_path} at step {start_step}")
+    elif args.resume and is_main:
+        print(f"--resume: {last_path} not found, starting from scratch")
+
+    ddp_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if world_size > 1 else model
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,
+                                 drop_last=True)
+    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(sampler, local_batch, start_step, args.steps),
+                        num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    if is_main:
+        os.makedirs(args.out_dir, exist_ok=True)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{args.model}: {n_params / 1e6:.2f}M params, {asdict(config)}; data {asdict(info)}; "
+              f"{world_size} rank(s) on {device}, {torch.get_num_threads()} threads")
+
+    def checkpoint(step, elapsed):
+        save_checkpoint(last_path, model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                        step=step, config=asdict(config), args=vars(args), data=asdict(info), elapsed_s=elapsed)
+
+    grid_labels = torch.arange(min(info.num_classes, 10)).repeat(8)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    model.train()
+    t0, loss_sum, loss_n, last_loss = time.time(), 0.0, 0, float("nan")
+    bar = tqdm(total=args.steps, initial=start_step, disable=not is_main or args.no_progress, mininterval=2.0)
+    step = start_step
+    for x1, y in loader:
+        g = step_generator(rank_seed, step)
+        noise = torch.randn(x1.shape, generator=g)
+        t = sample_t(x1.shape[0], args.t_sampling, g)
+        drop = torch.rand(x1.shape[0], generator=g) < config.class_dropout_prob
+        x1, y, noise, t, drop = (a.to(device, non_blocking=True) for a in (x1, y, noise, t, drop))
+
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with autocast:
+            loss = rectified_flow_loss(ddp_model, x1, y, t, noise, drop)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
+        if step % args.log_every == 0 or step == args.steps:
+            mean = torch.tensor([loss_sum / loss_n], device=device)
+            if world_size > 1:
+                dist.all_reduce(mean)
+                mean /= world_size
+            last_loss, loss_sum, loss_n = mean.item(), 0.0, 0
+            if is_main:
+                record = dict(step=step, loss=last_loss, lr=lr, elapsed_s=elapsed_before + time.time() - t0)
+                with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if is_main and args.ckpt_every > 0 and step % args.ckpt_every == 0 and step < args.steps:
+            checkpoint(step, elapsed_before + time.time() - t0)
+        if is_main and ((args.sample_every > 0 and step % args.sample_every == 0) or step == args.steps):
+            images = sample_images(ema, grid_labels, args.sample_steps, args.cfg_scale, seed=args.seed)
+            save_grid(images, os.path.join(args.out_dir, "samples", f"step_{step:07d}.png"), nrow=len(grid_labels) // 8)
+    bar.close()
+
+    elapsed = elapsed_before + time.time() - t0
+    if is_main:
+        checkpoint(step, elapsed)
+        if args.export:
+            dtype = getattr(torch, args.export_dtype)
+            save_checkpoint(args.export, ema={k: v.to(dtype) for k, v in ema.state_dict().items()},
+                            config=asdict(config), data=asdict(info), step=step, args=vars(args),
+                            elapsed_s=elapsed, final_loss=last_loss)
+            print(f"exported EMA weights ({args.export_dtype}) to {args.export}")
+        print(f"done: step {step}, loss {last_loss:.4f}, {elapsed:.0f} s")
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return dict(step=step, loss=last_loss, elapsed_s=elapsed, model=model, ema=ema)
+
+
+if __name__ == "__main__":
+    main(parse_args())
