@@ -1,0 +1,279 @@
+"""Distil a tiny velocity refiner (models/refiner.py) from a frozen base DiT.
+
+Time convention: t in [0, 1], t = 0 noise, t = 1 data, x_t = (1 - t) noise + t data.
+For a data batch x1 with labels y (dropped to the null class with the base's
+class_dropout_prob), noise x0, a random Euler step dt ~ U(0, max_dt] and t ~ U[0, 1 - dt):
+
+    x_t = (1 - t) x0 + t x1,   u = v(x_t, t, y),   x' = x_t + dt u,   target = v(x', t + dt, y),
+    loss = || u + r(x', t + dt, u, y) - target ||^2,
+
+with v the base model (EMA weights, eval mode, no grad) and r the refiner. The zero
+refiner (r = 0, plain velocity reuse) scores || u - target ||^2; both are reported on a
+held-out set: the last --holdout digits of the split (the refiner never trains on them;
+the shipped base saw all 10k test digits), with noise, t, dt and label drops from a
+generator seeded with HOLDOUT_SEED, the same for every run.
+
+Examples:
+    python train_refiner.py --base checkpoints/dit_mnist.pt --steps 2000 --export checkpoints/refiner_mnist.pt
+    python train_refiner.py ... --resume          # continue from <out-dir>/last.pt
+
+Reproducibility as in train.py: refiner init from --seed, data order from a seeded
+DistributedSampler (epoch = step // batches_per_epoch), the noise/t/dt/drops of step k
+from step_generator(seed, k); a resumed run reaches the same weights.
+"""
+
+import argparse
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from data import DATASETS, build_dataset
+from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from models.refiner import (RefinerConfig, VelocityRefiner, base_fingerprint, count_params,
+                            refiner_config_from_dict, save_refiner)
+from train import StepBatchSampler, sample_t, step_generator, update_ema
+
+HOLDOUT_SEED = 1234
+TRAIN_KEYS = ("model", "ema", "optimizer", "step", "refiner_config", "base", "args")
+
+
+@dataclass
+class DistillBatch:
+    """One distillation batch; all tensors have batch size N.
+
+    x: (N, C, H, W) Euler-stepped state x' at time t.   t: (N,) time t_prev + dt.
+    u: (N, C, H, W) teacher velocity at the previous point.   target: (N, C, H, W) v(x', t).
+    y: (N,) labels (before dropout).   drop: (N,) bool, True where the label is the null class.
+    """
+
+    x: torch.Tensor
+    t: torch.Tensor
+    u: torch.Tensor
+    target: torch.Tensor
+    y: torch.Tensor
+    drop: torch.Tensor
+
+
+def draw_step(n: int, max_dt: float, t_sampling: str, drop_prob: float, g: torch.Generator):
+    """Per-example (dt, t, drop): dt ~ U(0, max_dt], t = s (1 - dt) with s ~ t_sampling, drop ~ Bernoulli."""
+    dt = max_dt * (1.0 - torch.rand(n, generator=g))  # (N,) in (0, max_dt]
+    t = sample_t(n, t_sampling, g) * (1.0 - dt)  # (N,) in [0, 1 - dt]
+    drop = torch.rand(n, generator=g) < drop_prob  # (N,)
+    return dt, t, drop
+
+
+@torch.no_grad()
+def teacher_batch(base, x1, y, noise, t, dt, drop) -> DistillBatch:
+    """Two base calls: u = v(x_t, t), x' = x_t + dt u, target = v(x', t + dt). Shapes as DistillBatch."""
+    C = x1.shape[1]
+    x_t = (1 - t.view(-1, 1, 1, 1)) * noise + t.view(-1, 1, 1, 1) * x1  # (N, C, H, W)
+    u = base(x_t, t, y, force_drop_ids=drop)[:, :C]  # (N, C, H, W)
+    x_next = x_t + dt.view(-1, 1, 1, 1) * u  # (N, C, H, W)
+    target = base(x_next, t + dt, y, force_drop_ids=drop)[:, :C]  # (N, C, H, W)
+    return DistillBatch(x=x_next, t=t + dt, u=u, target=target, y=y, drop=drop)
+
+
+def refined(refiner, b: DistillBatch) -> torch.Tensor:
+    """u + r(x', t, u, y_dropped): the refiner's estimate of the target, (N, C, H, W)."""
+    return b.u + refiner(b.x, b.t, b.u, b.y, force_drop_ids=b.drop)
+
+
+def distill_loss(refiner, b: DistillBatch) -> torch.Tensor:
+    """MSE(u + r(x', t, u, y), target), a scalar."""
+    return F.mse_loss(refined(refiner, b).float(), b.target.float())
+
+
+@torch.no_grad()
+def make_holdout(base, dataset, max_dt: float, drop_prob: float, t_sampling: str = "uniform",
+                 batch_size: int = 250, device="cpu") -> list[DistillBatch]:
+    """Fixed distillation batches for `dataset` (all of it, in order), from HOLDOUT_SEED."""
+    g = torch.Generator().manual_seed(HOLDOUT_SEED)
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        x1 = torch.stack([a for a, _ in items])
+        y = torch.tensor([b for _, b in items], dtype=torch.long)
+        noise = torch.randn(x1.shape, generator=g)
+        dt, t, drop = draw_step(len(items), max_dt, t_sampling, drop_prob, g)
+        args = (a.to(device) for a in (x1, y, noise, t, dt, drop))
+        out.append(teacher_batch(base, *args))
+    return out
+
+
+@torch.no_grad()
+def holdout_loss(refiner, batches: list[DistillBatch]) -> float:
+    """Mean squared error over every pixel of the held-out set; refiner=None scores r = 0."""
+    sse, count = 0.0, 0
+    for b in batches:
+        est = b.u if refiner is None else refined(refiner, b)
+        sse += (est.double() - b.target.double()).pow(2).sum().item()
+        count += b.target.numel()
+    return sse / count
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", default="checkpoints/dit_mnist.pt", help="frozen base DiT (EMA weights are used)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    p.add_argument("--data-root", default=None, help="default: ../shared/data/<dataset> next to the repo")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--holdout", type=int, default=1000, help="last N examples of the split, never trained on")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off)")
+    p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--max-dt", type=float, default=0.12, help="Euler step dt ~ U(0, max_dt]")
+    p.add_argument("--t-sampling", choices=["uniform", "logit-normal"], default="uniform",
+                   help="t = s (1 - dt) with s drawn this way")
+    p.add_argument("--hidden-size", type=int, default=RefinerConfig.hidden_size)
+    p.add_argument("--depth", type=int, default=RefinerConfig.depth)
+    p.add_argument("--num-heads", type=int, default=RefinerConfig.num_heads)
+    p.add_argument("--mlp-ratio", type=float, default=RefinerConfig.mlp_ratio)
+    p.add_argument("--frequency-size", type=int, default=RefinerConfig.frequency_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default="runs/refiner")
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=0, help="held-out loss every N steps (0 = only at the end)")
+    p.add_argument("--eval-batch", type=int, default=250)
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt if it exists")
+    p.add_argument("--export", default=None, help="write the slim EMA refiner here at the end")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (the machine is shared)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(args):
+    """Train, checkpoint, evaluate on the hold-out and export.
+
+    Returns:
+        dict(step, loss (mean train loss of the last log window), heldout_loss (EMA refiner),
+        zero_loss (r = 0), elapsed_s, refiner, ema).
+    """
+    device = torch.device("cpu")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    base, base_config, _ = load_model(args.base, device=device)
+    base.requires_grad_(False).eval()
+    fingerprint = base_fingerprint(base)
+
+    dataset, info = build_dataset(args.dataset, args.data_root, train=args.split == "train",
+                                  image_size=base_config.image_size)
+    if (info.channels, info.image_size) != (base_config.in_channels, base_config.image_size) or \
+            info.num_classes > base_config.num_classes:
+        raise ValueError(f"data {asdict(info)} do not fit the base model {asdict(base_config)}")
+    if not 0 < args.holdout < len(dataset):
+        raise ValueError(f"--holdout must be in 1..{len(dataset) - 1}, got {args.holdout}")
+    n_train = len(dataset) - args.holdout
+    train_set, held_set = Subset(dataset, range(n_train)), Subset(dataset, range(n_train, len(dataset)))
+
+    config = RefinerConfig.for_base(base_config, hidden_size=args.hidden_size, depth=args.depth,
+                                    num_heads=args.num_heads, mlp_ratio=args.mlp_ratio,
+                                    frequency_size=args.frequency_size)
+    torch.manual_seed(args.seed)
+    refiner = VelocityRefiner(config).to(device)
+    ema = copy.deepcopy(refiner).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(refiner.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    start_step, elapsed_before = 0, 0.0
+    last_path = os.path.join(args.out_dir, "last.pt")
+    if args.resume and os.path.isfile(last_path):
+        ckpt = load_checkpoint(last_path, required=TRAIN_KEYS)
+        if refiner_config_from_dict(ckpt["refiner_config"], last_path) != config:
+            raise CheckpointError(f"{last_path}: refiner config {ckpt['refiner_config']} != {asdict(config)}")
+        if ckpt["base"] != fingerprint:
+            raise CheckpointError(f"{last_path} was trained against another base model than {args.base}")
+        refiner.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_step, elapsed_before = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+        print(f"resumed from {last_path} at step {start_step}")
+    elif args.resume:
+        print(f"--resume: {last_path} not found, starting from scratch")
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    n_params, n_base = count_params(refiner), count_params(base)
+    print(f"refiner {n_params:,} params = {100 * n_params / n_base:.2f}% of the base ({n_base:,}); {asdict(config)}; "
+          f"{n_train} train / {args.holdout} held-out examples; {torch.get_num_threads()} thread(s)")
+
+    holdout = make_holdout(base, held_set, args.max_dt, base_config.class_dropout_prob, args.t_sampling,
+                           args.eval_batch, device)
+    zero_loss = holdout_loss(None, holdout)
+
+    def checkpoint(step, elapsed):
+        save_checkpoint(last_path, model=refiner.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                        step=step, refiner_config=asdict(config), base=fingerprint, args=vars(args),
+                        data=asdict(info), elapsed_s=elapsed)
+
+    def log(record):
+        with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=args.seed, drop_last=True)
+    loader = DataLoader(train_set, batch_sampler=StepBatchSampler(sampler, args.batch_size, start_step, args.steps))
+    refiner.train()
+    t0, loss_sum, loss_n, last_loss = time.time(), 0.0, 0, float("nan")
+    bar = tqdm(total=args.steps, initial=start_step, disable=args.no_progress, mininterval=2.0)
+    step = start_step
+    for x1, y in loader:
+        g = step_generator(args.seed, step)
+        noise = torch.randn(x1.shape, generator=g)
+        dt, t, drop = draw_step(x1.shape[0], args.max_dt, args.t_sampling, base_config.class_dropout_prob, g)
+        batch = teacher_batch(base, x1.to(device), y.to(device), noise.to(device), t.to(device), dt.to(device),
+                              drop.to(device))
+
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = distill_loss(refiner, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(refiner.parameters(), args.grad_clip)
+        opt.step()
+        update_ema(ema, refiner, min(args.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.5f}", zero=f"{zero_loss:.5f}")
+        if step % args.log_every == 0 or step == args.steps:
+            last_loss, loss_sum, loss_n = loss_sum / loss_n, 0.0, 0
+            record = dict(step=step, loss=last_loss, lr=lr, elapsed_s=elapsed_before + time.time() - t0)
+            if args.eval_every > 0 and (step % args.eval_every == 0):
+                record.update(heldout_loss=holdout_loss(ema, holdout), zero_loss=zero_loss)
+            log(record)
+        if args.ckpt_every > 0 and step % args.ckpt_every == 0 and step < args.steps:
+            checkpoint(step, elapsed_before + time.time() - t0)
+    bar.close()
+
+    elapsed = elapsed_before + time.time() - t0
+    checkpoint(step, elapsed)
+    heldout = holdout_loss(ema, holdout)
+    log(dict(step=step, heldout_loss=heldout, zero_loss=zero_loss, elapsed_s=elapsed))
+    print(f"held-out distillation loss ({args.holdout} examples, seed {HOLDOUT_SEED}): refiner (EMA) {heldout:.6f} "
+          f"vs zero refiner {zero_loss:.6f} ({heldout / zero_loss:.3f}x)")
+    if args.export:
+        meta = dict(step=step, elapsed_s=elapsed, heldout_loss=heldout, zero_refiner_loss=zero_loss,
+                    holdout=dict(examples=args.holdout, seed=HOLDOUT_SEED, max_dt=args.max_dt,
+                                 t_sampling=args.t_sampling),
+                    params=n_params, base_params=n_base, base_path=args.base, data=asdict(info), args=vars(args))
+        save_refiner(args.export, ema, base, meta=meta)
+        print(f"exported EMA refiner to {args.export}")
+    print(f"done: step {step}, loss {last_loss:.6f}, {elapsed:.0f} s")
+    return dict(step=step, loss=last_loss, heldout_loss=heldout, zero_loss=zero_loss, elapsed_s=elapsed,
+                refiner=refiner, ema=ema)
+
+
+if __name__ == "__main__":
+    main(parse_args())
