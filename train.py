@@ -36,10 +36,8 @@ from data import DATASETS, build_dataset
 from models import DIT_CONFIGS, DiT
 from models.checkpoint import FULL_KEYS, load_checkpoint, save_checkpoint
 
-try:  # the project's sampler library; the local Euler loop below is the fallback
-    from fastflow import EulerSampler
-except ImportError:
-    EulerSampler = None
+from evaluation import save_grid
+from fastflow import EulerSampler
 
 
 # ---------------------------------------------------------------- randomness and data order
@@ -106,22 +104,6 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach(), 1.0 - decay)
 
 
-@torch.no_grad()
-def euler_sample(velocity, x: torch.Tensor, steps: int, **extras) -> torch.Tensor:
-    """Euler from noise (t = 0) to data (t = 1): x <- x + (1/steps) * velocity(x=x, t=t, **extras).
-
-    Args:
-        velocity: callable(x=(N, C, H, W), t=(N,), **extras) -> (N, C, H, W).
-        x: (N, C, H, W) initial noise.
-        steps: number of uniform steps (= function evaluations).
-    """
-    ts = torch.linspace(0.0, 1.0, steps + 1, device=x.device)
-    for i in range(steps):
-        t = ts[i].expand(x.shape[0])  # (N,)
-        x = x + (ts[i + 1] - ts[i]) * velocity(x=x, t=t, **extras)
-    return x
-
-
 def sample_images(model: DiT, labels: torch.Tensor, steps: int, cfg_scale: float, seed: int) -> torch.Tensor:
     """Samples (N, C, H, W) in [-1, 1] for `labels`, Euler with `steps` steps, noise from `seed`."""
     c = model.config
@@ -131,20 +113,9 @@ def sample_images(model: DiT, labels: torch.Tensor, steps: int, cfg_scale: float
     was_training = model.training
     model.eval()
     extras = dict(y=labels.to(device), cfg_scale=cfg_scale)
-    if EulerSampler is not None:
-        x = EulerSampler(steps).sample(model.forward_with_cfg, noise.to(device), **extras).x
-    else:
-        x = euler_sample(model.forward_with_cfg, noise.to(device), steps, **extras)
+    x = EulerSampler(steps).sample(model.forward_with_cfg, noise.to(device), **extras).x
     model.train(was_training)
     return x.clamp(-1, 1).cpu()
-
-
-def save_grid(images: torch.Tensor, path: str, nrow: int) -> None:
-    """Write (N, C, H, W) images in [-1, 1] as one PNG grid."""
-    from torchvision.utils import save_image
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_image((images + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
 
 
 # ---------------------------------------------------------------- setup

@@ -34,7 +34,7 @@ from models.classifier import (
     save_classifier,
     save_feature_stats,
 )
-from models.mnist_idx import load_mnist_idx
+from data import build_dataset
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -46,9 +46,8 @@ def resolve(path: str) -> str:
 
 def load_digits(root: str) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST t10k as images (N, 1, 28, 28) float32 in [-1, 1] and labels (N,) int64."""
-    images, labels = load_mnist_idx(root, "t10k")
-    x = torch.from_numpy(images).float().div(255.0).mul(2.0).sub(1.0).unsqueeze(1)  # (N, 1, 28, 28)
-    return x, torch.from_numpy(labels).long()
+    dataset, _ = build_dataset("mnist", root, train=False)
+    return dataset.images.float().div(127.5).sub(1.0), dataset.labels  # (N, 1, 28, 28), (N,)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

@@ -18,7 +18,8 @@ from models.classifier import (
     save_classifier,
     save_feature_stats,
 )
-from models.mnist_idx import load_mnist_idx, read_idx
+from data import read_idx
+from train_classifier import load_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = os.path.join(ROOT, "checkpoints", "mnist_classifier.pt")
@@ -33,9 +34,7 @@ needs_data = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def digits():
-    images, labels = load_mnist_idx(DATA, "t10k")
-    x = torch.from_numpy(images).float().div(255).mul(2).sub(1).unsqueeze(1)  # (10000, 1, 28, 28) in [-1, 1]
-    return x, torch.from_numpy(labels).long()
+    return load_digits(DATA)  # (10000, 1, 28, 28) in [-1, 1], (10000,)
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +164,11 @@ def test_read_idx_plain_and_gzip(tmp_path):
     arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     (tmp_path / "a-idx3-ubyte").write_bytes(_idx_bytes(arr))
     (tmp_path / "a-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(arr)))
-    np.testing.assert_array_equal(read_idx(tmp_path / "a-idx3-ubyte"), arr)
-    np.testing.assert_array_equal(read_idx(tmp_path / "a-idx3-ubyte.gz"), arr)
+    np.testing.assert_array_equal(read_idx(str(tmp_path / "a-idx3-ubyte")), arr)
+    np.testing.assert_array_equal(read_idx(str(tmp_path / "a-idx3-ubyte.gz")), arr)
     (tmp_path / "bad").write_bytes(_idx_bytes(arr)[:-1])
-    with pytest.raises(ValueError, match="payload"):
-        read_idx(tmp_path / "bad")
+    with pytest.raises(ValueError, match="header says"):
+        read_idx(str(tmp_path / "bad"))
 
 
 @needs_data

@@ -17,6 +17,7 @@ def fitted_order(make, flow, x0, Ts=(8, 16, 32, 64)):
 @pytest.mark.parametrize("make, order", [
     (ff.EulerSampler, 1),
     (ff.HeunSampler, 2),
+    (lambda T: ff.HeunSampler(T, correct_last=False), 2),
     (lambda T: ff.AdamsBashforthSampler(T, order=2), 2),
     (lambda T: ff.AdamsBashforthSampler(T, order=3), 3),
 ])
@@ -28,6 +29,7 @@ def test_convergence_order_on_the_gaussian_flow(make, order):
 @pytest.mark.parametrize("make, calls", [
     (ff.EulerSampler, lambda T: T),
     (ff.HeunSampler, lambda T: 2 * T),
+    (lambda T: ff.HeunSampler(T, correct_last=False), lambda T: 2 * T - 1),
     (ff.AdamsBashforthSampler, lambda T: T),
 ])
 def test_nfe_is_counted_exactly(make, calls):
@@ -71,3 +73,10 @@ def test_bad_input_gets_clear_errors():
         ff.EulerSampler(4).sample(lambda x, t: x / 0.0, torch.zeros(3, 2))
     with pytest.raises(TypeError, match="callable"):
         ff.EulerSampler(4).sample("model", torch.zeros(3, 2))
+
+
+def test_heun_without_last_correction_never_evaluates_at_t_equal_1():
+    counted = Counted(gaussian())
+    ff.HeunSampler(5, correct_last=False).sample(counted, noise(2, 3))
+    times = [t[0].item() for t in counted.times]
+    assert max(times) == 0.8 and len(times) == 9
