@@ -104,6 +104,24 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach(), 1.0 - decay)
 
 
+def optimizer_step(opt, model: torch.nn.Module, ema: torch.nn.Module, loss: torch.Tensor, step: int,
+                   args) -> float:
+    """One AdamW step with linear lr warm-up, grad-norm clipping and the EMA update; returns the lr.
+
+    The EMA decay is min(args.ema_decay, (1 + step) / (10 + step)), so early averages stay recent.
+    """
+    lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if args.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    opt.step()
+    update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+    return lr
+
+
 def sample_images(model: DiT, labels: torch.Tensor, steps: int, cfg_scale: float, seed: int) -> torch.Tensor:
     """Samples (N, C, H, W) in [-1, 1] for `labels`, Euler with `steps` steps, noise from `seed`."""
     c = model.config
@@ -237,17 +255,9 @@ def main(args):
         drop = torch.rand(x1.shape[0], generator=g) < config.class_dropout_prob
         x1, y, noise, t, drop = (a.to(device, non_blocking=True) for a in (x1, y, noise, t, drop))
 
-        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        for group in opt.param_groups:
-            group["lr"] = lr
         with autocast:
             loss = rectified_flow_loss(ddp_model, x1, y, t, noise, drop)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
-        update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+        lr = optimizer_step(opt, model, ema, loss, step, args)
         step += 1
 
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1

@@ -38,7 +38,7 @@ from data import DATASETS, build_dataset
 from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from models.refiner import (RefinerConfig, VelocityRefiner, base_fingerprint, count_params,
                             refiner_config_from_dict, save_refiner)
-from train import StepBatchSampler, sample_t, step_generator, update_ema
+from train import StepBatchSampler, optimizer_step, sample_t, step_generator
 
 HOLDOUT_SEED = 1234
 TRAIN_KEYS = ("model", "ema", "optimizer", "step", "refiner_config", "base", "args")
@@ -232,16 +232,8 @@ def main(args):
         batch = teacher_batch(base, x1.to(device), y.to(device), noise.to(device), t.to(device), dt.to(device),
                               drop.to(device))
 
-        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        for group in opt.param_groups:
-            group["lr"] = lr
         loss = distill_loss(refiner, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(refiner.parameters(), args.grad_clip)
-        opt.step()
-        update_ema(ema, refiner, min(args.ema_decay, (1 + step) / (10 + step)))
+        lr = optimizer_step(opt, refiner, ema, loss, step, args)
         step += 1
 
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1

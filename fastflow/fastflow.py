@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field as dc_field
 from typing import Iterable, Optional, Sequence
 
 import torch
 
+from .atomic import atomic_write
 from .bandit import BANDITS, Bandit, make_bandit
 from .extrapolate import History
 from .field import VelocityField, check_steps
@@ -269,19 +269,7 @@ class FastFlowSampler(EulerSampler):
 
     def save_state(self, path: str | os.PathLike) -> None:
         """Write the bandit state as JSON, atomically (temporary file, then rename)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bandit-", suffix=".json.tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: json.dump(self.state_dict(), f), binary=False)
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Load a state written by ``save_state``; a corrupt or mismatched file raises ValueError."""

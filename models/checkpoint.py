@@ -13,11 +13,11 @@ t = 1 data, x_t = (1 - t) * noise + t * data, target = data - noise.
 """
 
 import os
-import tempfile
 from dataclasses import asdict, fields
 
 import torch
 
+from fastflow.atomic import atomic_write
 from models.dit import DiT, DiTConfig
 
 __all__ = ["CheckpointError", "FULL_KEYS", "SLIM_KEYS", "save_checkpoint", "load_checkpoint", "load_model"]
@@ -40,27 +40,7 @@ def save_checkpoint(path: str | os.PathLike, **payload) -> None:
     path = os.fspath(path)
     if isinstance(payload.get("config"), DiTConfig):
         payload["config"] = asdict(payload["config"])
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def config_from_dict(d: dict, path: str = "<dict>") -> DiTConfig:

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from fastflow.atomic import atomic_write
 
 __all__ = [
     "ClassifierConfig",
@@ -106,20 +107,8 @@ class DigitClassifier(nn.Module):
 
 
 def _atomic_save(obj: dict, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the target folder, then ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` to a temporary file in the target folder, then rename it over ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _load_dict(path: str | os.PathLike, fmt: str) -> dict:

@@ -9,13 +9,7 @@ import torch
 from models import DIT_CONFIGS, CheckpointError, DiT, DiTConfig, build_dit, load_checkpoint, load_model, save_checkpoint
 from models.checkpoint import FULL_KEYS
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded, and the CPU is shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = DiTConfig(image_size=8, in_channels=2, patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=3)

@@ -14,13 +14,7 @@ from models.refiner import (RefinerConfig, SamplerRefiner, VelocityRefiner, base
                             load_refiner, parse_turbo, refiner_velocity_fn, save_refiner)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded, and the CPU is shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
