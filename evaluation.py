@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -67,19 +66,6 @@ def run_batched(sampler: ff.Sampler, velocity: Callable, x0: torch.Tensor, label
         results.append(res)
     nfe = sum(r.nfe for r in results) / len(results)
     return BatchedRun(torch.cat(images), nfe, seconds, results)
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs (one untimed warm-up run first)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class Judge:

@@ -1,8 +1,8 @@
 """Every sampler on the same noise and labels: quality against cost.
 
 Writes results/bench.json and results/pareto.png and prints a table. For each sampler:
-NFE (model calls per batch), wall time (median of --repeats timed runs of one batch
-after a warm-up run, in this process), the share of that time spent outside the model
+NFE (model calls per batch), wall time of one batch (median over --repeats round-robin
+rounds in which every sampler is timed once, after one untimed round, in this process), the share of that time spent outside the model
 (sampler overhead), PSNR and SSIM against Euler-50 from the same noise and labels,
 classifier accuracy, and the FID-style Frechet distance to the 10k real digits in the
 feature space of the project's digit classifier (not Inception FID).
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
 from evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, Judge,  # noqa: E402
-                        balanced_labels, fidelity, machine_info, make_noise, median_seconds, run_batched, sync)
+                        balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
 
 
 class TimedVelocity:
@@ -72,6 +73,10 @@ def configurations(quick: bool, refiner, mus) -> list[tuple[str, str, callable]]
     for a, b, c in turbo:
         cfgs.append(("flowturbo", f"FlowTurbo H{a}P{b}R{c}",
                      lambda a=a, b=b, c=c: ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner)))
+    for a, b, c in ([(1, 9, 0)] + ([(1, 5, 4), (1, 9, 5)] if refiner is not None else [])):
+        cfgs.append(("flowturbo-euler-last", f"FlowTurbo H{a}P{b}R{c} Euler last step",
+                     lambda a=a, b=b, c=c: ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner,
+                                                               correct_last=False)))
     if refiner is not None:
         cfgs.append(("flowturbo", "FlowTurbo H1P5R4 published",
                      lambda: ff.FlowTurboSampler(heun=1, pseudo=5, refine=4, refiner=refiner, refiner_form="published")))
@@ -94,10 +99,8 @@ def measure(family, label, make, velocity, x0, labels, args, device, judge, refe
             sampler.sample(velocity, xw, y=labels[:args.warmup_batch_size].to(device), **extras)
     timed = TimedVelocity(velocity, device)
     run = run_batched(sampler, timed, x0, labels, args.batch_size, device, None, **extras)
-    xb, yb = x0[:args.batch_size].to(device), labels[:args.batch_size].to(device)
-    seconds = median_seconds(lambda: sampler.sample(velocity, xb, y=yb, **extras), args.repeats, device)
     row = {"family": family, "label": label, "sampler": repr(sampler), "nfe": run.nfe,
-           "seconds_per_batch": seconds, "overhead_share": max(run.seconds - timed.seconds, 0.0) / run.seconds}
+           "overhead_share": max(run.seconds - timed.seconds, 0.0) / run.seconds}
     if isinstance(sampler, ff.FlowTurboSampler):
         row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
     if reference is not None:
@@ -111,7 +114,24 @@ def measure(family, label, make, velocity, x0, labels, args, device, judge, refe
     if judge is not None:
         row["accuracy"] = judge.accuracy(run.images, labels)
         row["fid_features"] = judge.fid(run.images)
-    return row, run.images
+    return row, run.images, sampler
+
+
+def time_interleaved(samplers, velocity, xb, yb, args, device) -> list[list[float]]:
+    """Wall time of one batch for every sampler, in ``args.repeats`` round-robin rounds after one
+    untimed round, so that slow drifts of a shared machine hit every sampler alike.
+    Returns the times and the NFE of each timed run, per sampler."""
+    times, nfes = [[] for _ in samplers], [[] for _ in samplers]
+    for rnd in tqdm(range(args.repeats + 1), desc="timing rounds"):
+        for i, sampler in enumerate(samplers):
+            sync(device)
+            start = time.perf_counter()
+            res = sampler.sample(velocity, xb, y=yb, cfg_scale=args.cfg)
+            sync(device)
+            if rnd > 0:
+                times[i].append(time.perf_counter() - start)
+                nfes[i].append(res.nfe)
+    return times, nfes
 
 
 def targets(rows: list[dict]) -> dict:
@@ -177,24 +197,24 @@ def main(args):
     x0, labels = make_noise(args.n, shape, args.seed), balanced_labels(args.n, config.num_classes)
     velocity = model.forward_with_cfg
     mus = [None] + args.mu
-    rows, reference = [], None
+    rows, samplers, reference = [], [], None
     cfgs = configurations(args.quick, refiner, mus)
     for family, label, make in tqdm(cfgs, desc="samplers"):
-        row, images = measure(family, label, make, velocity, x0, labels, args, device, judge, reference)
+        row, images, sampler = measure(family, label, make, velocity, x0, labels, args, device, judge, reference)
         if label == "Euler-50":
             reference = images
             row["psnr"], row["ssim"] = None, 1.0  # the reference itself
         rows.append(row)
-    # Time Euler-50 once more at the end: the base of every speedup is the mean of both medians.
-    euler50 = next(r for r in rows if r["label"] == "Euler-50")
+        samplers.append(sampler)
     xb, yb = x0[:args.batch_size].to(device), labels[:args.batch_size].to(device)
-    again = median_seconds(lambda: ff.EulerSampler(50).sample(velocity, xb, y=yb, cfg_scale=args.cfg),
-                           args.repeats, device)
-    euler50["seconds_first_and_last"] = [euler50["seconds_per_batch"], again]
-    euler50["seconds_per_batch"] = 0.5 * (euler50["seconds_per_batch"] + again)
+    times, nfes = time_interleaved(samplers, velocity, xb, yb, args, device)
+    for r, t, n in zip(rows, times, nfes):
+        r["seconds_per_batch"], r["timed_runs"] = statistics.median(t), t
+        r["timed_nfe"] = sum(n) / len(n)
+    euler50 = next(r for r in rows if r["label"] == "Euler-50")
     for r in rows:
         r["speedup"] = euler50["seconds_per_batch"] / r["seconds_per_batch"]
-        r["seconds_per_call"] = r["seconds_per_batch"] / r["nfe"]
+        r["seconds_per_call"] = r["seconds_per_batch"] / r["timed_nfe"]
     result = {"machine": machine_info(device), "args": vars(args), "rows": rows, "targets": targets(rows)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
     with open(args.out_json, "w") as f:

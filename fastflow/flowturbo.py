@@ -16,6 +16,10 @@ Each block maps x_i to x_{i+1} and hands a velocity on to the next block.
   x_{i+1} = x_i + dt/2 (d_i + d_{i+1}); hands d_i on. An exact refiner reproduces Heun.
   ``refiner_form="published"`` conditions the second call on u instead of d_i, as
   FlowTurbo's public code does, which counts the first correction twice.
+
+``correct_last=False`` ends with an Euler step x_N = x_{N-1} + dt d_{N-1}: the last block
+skips its corrector, so neither the model nor the refiner is evaluated at t = 1 (see
+``HeunSampler``); that saves one model call (H or P last) or one refiner call (R last).
 """
 from __future__ import annotations
 
@@ -43,13 +47,15 @@ class FlowTurboSampler(Sampler):
 
     Args:
         heun, pseudo, refine: block counts a, b, c (a + b + c >= 2 steps).
+        correct_last: False to end with an Euler step (no evaluation at t = 1).
         refiner: callable ``refiner(x=x, t=t, u=u, **extras) -> correction`` shaped like x;
             required when refine > 0. Extras are the ones given to ``sample``.
         refiner_form: "consistent" (default) or "published".
     """
 
     def __init__(self, heun: int, pseudo: int = 0, refine: int = 0,
-                 refiner: Optional[Callable[..., torch.Tensor]] = None, refiner_form: str = "consistent"):
+                 refiner: Optional[Callable[..., torch.Tensor]] = None, refiner_form: str = "consistent",
+                 correct_last: bool = True):
         a, b, c = _count("heun", heun), _count("pseudo", pseudo), _count("refine", refine)
         if b > 0 and a == 0:
             raise ValueError("pseudo-corrector blocks need a Heun block first (heun >= 1) to hand them a velocity")
@@ -63,6 +69,7 @@ class FlowTurboSampler(Sampler):
         self.heun, self.pseudo, self.refine = a, b, c
         self.refiner = refiner
         self.refiner_form = refiner_form
+        self.correct_last = correct_last
         self.order = 2
 
     @property
@@ -83,13 +90,18 @@ class FlowTurboSampler(Sampler):
 
     def step(self, field, st, k, x):
         dt, t0, t1 = field.dt, field.t(k), field.t(k + 1)
+        euler_end = k == self.steps - 1 and not self.correct_last
         if k < self.heun + self.pseudo:
             d0 = field.at(k, x) if k < self.heun else st["handed"]
+            if euler_end:
+                return x + dt * d0
             d1 = field.at(k + 1, x + dt * d0)
             st["handed"] = d1
         else:
             u = st["handed"]
             d0 = u + self._refine(field, st, x, t0, u)
+            if euler_end:
+                return x + dt * d0
             cond = d0 if self.refiner_form == "consistent" else u
             d1 = d0 + self._refine(field, st, x + dt * d0, t1, cond)
             st["handed"] = d0
@@ -99,4 +111,5 @@ class FlowTurboSampler(Sampler):
         return {"refiner_calls": st["refiner_calls"], "config": self.name}
 
     def __repr__(self):
-        return f"FlowTurboSampler({self.name}, refiner_form='{self.refiner_form}')"
+        return (f"FlowTurboSampler({self.name}, refiner_form='{self.refiner_form}', "
+                f"correct_last={self.correct_last})")

@@ -44,6 +44,19 @@ def test_an_exact_refiner_reproduces_heun(a, b, c):
     assert torch.allclose(out.x, heun_steps(flow, out.trace[a + b], a + b, N, N), atol=1e-12)
 
 
+@pytest.mark.parametrize("a, b, c, calls, refiner_calls", [(1, 0, 4, 2, 7), (2, 3, 0, 6, 0), (3, 0, 0, 5, 0)])
+def test_euler_last_step_never_evaluates_at_t_equal_1(a, b, c, calls, refiner_calls):
+    flow, x0, N = mixture(), noise(16, 2), a + b + c
+    model, refiner_times = Counted(flow), []
+    turbo = ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=exact_refiner(flow, refiner_times),
+                                correct_last=False)
+    out = turbo.sample(model, x0)
+    assert out.nfe == model.calls == calls and out.info["refiner_calls"] == refiner_calls
+    assert max(t[0].item() for t in model.times) < 1 and all(t < 1 for t in refiner_times)
+    if b == 0:  # exact refiner and Heun blocks: Heun with an Euler last step
+        assert torch.allclose(out.x, ff.HeunSampler(N, correct_last=False).sample(flow, x0).x, atol=1e-12)
+
+
 def test_published_form_double_counts_the_first_correction():
     flow, x0 = mixture(), noise(32, 2)
     heun = ff.HeunSampler(10).sample(flow, x0).x
