@@ -97,8 +97,7 @@ def main(args) -> dict:
     names = ["euler", "fastflow"] if args.sampler is None else [args.sampler]
     runs, samplers = {}, {}
     for name in names:
-        opts = argparse.Namespace(**{**vars(args), "steps": args.steps})
-        sampler = build_sampler(name, opts, refiner)
+        sampler = build_sampler(name, args, refiner)
         if isinstance(sampler, ff.FastFlowSampler):
             if args.bandit_state and os.path.exists(args.bandit_state):
                 sampler.load_state(args.bandit_state)

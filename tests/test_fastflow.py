@@ -206,3 +206,15 @@ def test_bad_configuration_gets_clear_errors():
         ff.extrapolated_euler(gaussian(), noise(2, 3), 10, [10])
     with pytest.raises(ValueError, match="non-finite"):
         ff.FastFlowSampler(10).sample(lambda x, t: x * float("inf"), noise(2, 3))
+
+
+def test_greedy_schedule_follows_the_best_mean_arms():
+    flow = sharp_mixture()
+    never = ff.FastFlowSampler(20, arms=(0, 2), mu=0.0)
+    assert never.greedy_schedule() == []  # not calibrated yet: no schedule
+    never.sample(flow, noise(32, 2))
+    assert never.greedy_schedule() == []  # mu = 0: every skip only costs
+    eager = ff.FastFlowSampler(20, arms=(0, 2), mu=1e3)
+    eager.sample(flow, noise(32, 2))
+    # a huge mu makes arm 2 best wherever it fits: decide at 1, skip 2-3, real 4, skip 5-6, ...
+    assert eager.greedy_schedule() == [2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
