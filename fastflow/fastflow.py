@@ -261,8 +261,11 @@ class FastFlowSampler(EulerSampler):
             raise ValueError(f"bandit state was learned with mu={state['mu']}, sampler has mu={self.mu}")
         if set(state["bandits"]) != {str(k) for k in self.bandits}:
             raise ValueError("bandit state has bandits for other steps than this sampler")
-        for k, b in self.bandits.items():
-            b.load_state_dict(state["bandits"][str(k)])
+        loaded = {}
+        for k, b in self.bandits.items():  # load into copies: a bad entry leaves the sampler untouched
+            loaded[k] = make_bandit(self.bandit_kind, len(self.arms), **b.hyperparameters())
+            loaded[k].load_state_dict(state["bandits"][str(k)])
+        self.bandits = loaded
         self.mu = state["mu"]
         self.reward_scale = float(state["reward_scale"])
         self.calibrated = bool(state["calibrated"])

@@ -166,6 +166,13 @@ def test_a_state_file_for_another_sampler_or_a_corrupt_one_is_refused(tmp_path):
     path.write_text(json.dumps({"format": "fastflow-bandit-state", "version": 1}))
     with pytest.raises(ValueError, match="does not match"):
         ff.FastFlowSampler(30).load_state(path)
+    broken = a.state_dict()
+    broken["bandits"]["20"]["counts"] = [1]
+    b = ff.FastFlowSampler(30, mu=0.05)
+    before = b.state_dict()
+    with pytest.raises(ValueError, match="'counts' has 1 entries"):
+        b.load_state_dict(broken)
+    assert b.state_dict() == before  # a bad entry leaves the sampler untouched
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
