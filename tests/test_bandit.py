@@ -1,5 +1,4 @@
 import json
-import math
 
 import pytest
 import torch
@@ -53,13 +52,22 @@ def test_every_arm_is_tried_first_and_available_arms_are_respected():
 
 
 def test_ucb1_bonus_formula():
-    b = ff.UCB1(2, c=2.0)
-    b.update(0, 0.6)
-    b.update(0, 0.6)
-    b.update(1, 0.5)
+    """select() follows argmax mean_a + sqrt(c ln n / n_a), as the bonus changes with the counts and c."""
+    def play(c, pulls):
+        b = ff.UCB1(2, c=c)
+        for arm, reward in pulls:
+            b.update(arm, reward)
+        return b.select()
+
+    few = [(0, 0.6), (0, 0.6), (1, 0.5)]
     # n = 3: arm 0: 0.6 + sqrt(2 ln 3 / 2) = 1.648; arm 1: 0.5 + sqrt(2 ln 3) = 1.982
-    assert b.select() == 1
-    assert 0.6 + math.sqrt(math.log(3)) < 0.5 + math.sqrt(2 * math.log(3))
+    assert play(2.0, few) == 1
+    # n = 6: arm 0: 0.6 + sqrt(2 ln 6 / 2) = 1.939; arm 1: 0.5 + sqrt(2 ln 6 / 4) = 1.447
+    assert play(2.0, few + [(1, 0.5)] * 3) == 0
+    # c = 0 is greedy: the better mean wins although arm 1 was pulled less
+    assert play(0.0, few) == 0
+    # c = 0.1: arm 0: 0.6 + sqrt(0.1 ln 3 / 2) = 0.834; arm 1: 0.5 + sqrt(0.1 ln 3) = 0.831
+    assert play(0.1, few) == 0 and play(0.12, few) == 1
 
 
 @pytest.mark.parametrize("kind", sorted(ff.BANDITS))
