@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CKPT = os.path.join(ROOT, "checkpoints", "dit_mnist.pt")
 DEFAULT_CLASSIFIER = os.path.join(ROOT, "checkpoints", "mnist_classifier.pt")
 DEFAULT_FEATURE_STATS = os.path.join(ROOT, "checkpoints", "mnist_feature_stats.pt")
+DEFAULT_REFINER = os.path.join(ROOT, "checkpoints", "refiner_mnist.pt")
 
 
 def balanced_labels(n: int, num_classes: int, cls: Optional[int] = None) -> torch.Tensor:

@@ -22,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 import fastflow as ff
-from evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, Judge, balanced_labels,
-                        fidelity, machine_info, make_noise, run_batched, save_grid)
+from evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER, Judge,
+                        balanced_labels, fidelity, machine_info, make_noise, run_batched, save_grid)
 
 SAMPLER_CHOICES = ["euler", "heun", "ab2", "fastflow", "teacache", "taylorseer", "static", "flowturbo"]
 
@@ -191,7 +191,7 @@ def parse_args(argv=None):
     g.add_argument("--threshold", type=float, default=0.1, help="TeaCache relative-L1 threshold")
     g.add_argument("--interval", type=int, default=3, help="TaylorSeer full-step interval")
     g.add_argument("--turbo", default="H1P5R3", help="FlowTurbo blocks, e.g. H1P5R3")
-    g.add_argument("--refiner", default=os.path.join(os.path.dirname(DEFAULT_CKPT), "refiner_mnist.pt"))
+    g.add_argument("--refiner", default=DEFAULT_REFINER)
     g = p.add_argument_group("evaluation")
     g.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
     g.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS)

@@ -19,7 +19,6 @@ uninterrupted one.
 import argparse
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import asdict, replace

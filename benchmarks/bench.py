@@ -21,14 +21,16 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
-from evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, Judge,  # noqa: E402
-                        balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
+from evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER,  # noqa: E402
+                        Judge, balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
 
 
 class TimedVelocity:
@@ -46,60 +48,75 @@ class TimedVelocity:
         return out
 
 
-LONG_WARMUP = 5  # times --warmup, for the configuration labelled "x5 warm-up"
+LONG_WARMUP = 5  # times --warmup
 
 
-def configurations(quick: bool, refiner, mus) -> list[tuple[str, str, callable]]:
-    """(family, label, factory) for every sampler in the benchmark."""
-    cfgs = [("euler", f"Euler-{T}", lambda T=T: ff.EulerSampler(T)) for T in (50, 25, 20, 15, 10)]
-    cfgs += [("heun", f"Heun-{T}", lambda T=T: ff.HeunSampler(T)) for T in (25, 10, 5)]
-    cfgs += [("heun-euler-last", f"Heun-{T} Euler last step", lambda T=T: ff.HeunSampler(T, correct_last=False))
-             for T in (25, 13, 10, 8, 5)]
-    cfgs += [("ab2", f"AB2-{T}", lambda T=T: ff.AdamsBashforthSampler(T, order=2)) for T in (25, 20, 15, 10)]
-    cfgs += [("static", "Static-50 (every other step)", lambda: ff.ExtrapolatedEulerSampler(50, ff.static_skip_schedule(50)))]
+@dataclass
+class BenchConfig:
+    """One sampler of the benchmark: its family (plot colour), label, factory, and for
+    FastFlow how many times --warmup batches its bandit learns on before measurement."""
+
+    family: str
+    label: str
+    make: Callable[[], ff.Sampler]
+    warmup_factor: int = 1
+
+
+def configurations(quick: bool, refiner, mus) -> list[BenchConfig]:
+    """Every sampler in the benchmark."""
+    cfgs = [BenchConfig("euler", f"Euler-{T}", lambda T=T: ff.EulerSampler(T)) for T in (50, 25, 20, 15, 10)]
+    cfgs += [BenchConfig("heun", f"Heun-{T}", lambda T=T: ff.HeunSampler(T)) for T in (25, 10, 5)]
+    cfgs += [BenchConfig("heun-euler-last", f"Heun-{T} Euler last step",
+                         lambda T=T: ff.HeunSampler(T, correct_last=False)) for T in (25, 13, 10, 8, 5)]
+    cfgs += [BenchConfig("ab2", f"AB2-{T}", lambda T=T: ff.AdamsBashforthSampler(T, order=2)) for T in (25, 20, 15, 10)]
+    cfgs.append(BenchConfig("static", "Static-50 (every other step)",
+                            lambda: ff.ExtrapolatedEulerSampler(50, ff.static_skip_schedule(50))))
     for mu in mus:
         name = "calibrated" if mu is None else f"{mu:g}"
-        cfgs.append(("fastflow", f"FastFlow-50 mu={name}", lambda mu=mu: ff.FastFlowSampler(50, mu=mu)))
-    cfgs.append(("fastflow", "FastFlow-50 order 2", lambda: ff.FastFlowSampler(50, order=2)))
-    cfgs.append(("fastflow", "FastFlow-50 Thompson", lambda: ff.FastFlowSampler(
+        cfgs.append(BenchConfig("fastflow", f"FastFlow-50 mu={name}", lambda mu=mu: ff.FastFlowSampler(50, mu=mu)))
+    cfgs.append(BenchConfig("fastflow", "FastFlow-50 order 2", lambda: ff.FastFlowSampler(50, order=2)))
+    cfgs.append(BenchConfig("fastflow", "FastFlow-50 Thompson", lambda: ff.FastFlowSampler(
         50, bandit="thompson", generator=torch.Generator().manual_seed(0))))
-    cfgs.append(("fastflow", f"FastFlow-50 mu=0.01 x{LONG_WARMUP} warm-up",
-                 lambda: ff.FastFlowSampler(50, mu=0.01)))
-    cfgs += [("teacache", f"TeaCache-50 d={d:g}", lambda d=d: ff.TeaCacheSampler(50, threshold=d)) for d in (0.05, 0.1, 0.2)]
-    cfgs += [("taylorseer", f"TaylorSeer-50 N={k}", lambda k=k: ff.TaylorSeerSampler(50, interval=k)) for k in (2, 3, 5)]
+    cfgs.append(BenchConfig("fastflow", f"FastFlow-50 mu=0.01 x{LONG_WARMUP} warm-up",
+                            lambda: ff.FastFlowSampler(50, mu=0.01), warmup_factor=LONG_WARMUP))
+    cfgs += [BenchConfig("teacache", f"TeaCache-50 d={d:g}", lambda d=d: ff.TeaCacheSampler(50, threshold=d))
+             for d in (0.05, 0.1, 0.2)]
+    cfgs += [BenchConfig("taylorseer", f"TaylorSeer-50 N={k}", lambda k=k: ff.TaylorSeerSampler(50, interval=k))
+             for k in (2, 3, 5)]
     turbo = [(1, 9, 0), (1, 19, 0), (2, 8, 0)]
     if refiner is not None:
         turbo += [(1, 5, 4), (1, 9, 5), (2, 8, 6), (1, 3, 6)]
     for a, b, c in turbo:
-        cfgs.append(("flowturbo", f"FlowTurbo H{a}P{b}R{c}",
-                     lambda a=a, b=b, c=c: ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner)))
+        cfgs.append(BenchConfig("flowturbo", f"FlowTurbo H{a}P{b}R{c}",
+                                lambda a=a, b=b, c=c: ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner)))
     for a, b, c in ([(1, 9, 0)] + ([(1, 5, 4), (1, 9, 5)] if refiner is not None else [])):
-        cfgs.append(("flowturbo-euler-last", f"FlowTurbo H{a}P{b}R{c} Euler last step",
-                     lambda a=a, b=b, c=c: ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner,
-                                                               correct_last=False)))
+        cfgs.append(BenchConfig("flowturbo-euler-last", f"FlowTurbo H{a}P{b}R{c} Euler last step",
+                                lambda a=a, b=b, c=c: ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner,
+                                                                          correct_last=False)))
     if refiner is not None:
-        cfgs.append(("flowturbo", "FlowTurbo H1P5R4 published",
-                     lambda: ff.FlowTurboSampler(heun=1, pseudo=5, refine=4, refiner=refiner, refiner_form="published")))
-    if quick:  # one of each family, smallest budgets
+        cfgs.append(BenchConfig("flowturbo", "FlowTurbo H1P5R4 published",
+                                lambda: ff.FlowTurboSampler(heun=1, pseudo=5, refine=4, refiner=refiner,
+                                                            refiner_form="published")))
+    if quick:  # the first configuration of each family, plus Euler-50 (the reference)
         seen, keep = set(), []
-        for fam, label, make in cfgs:
-            if fam not in seen or label == "Euler-50":
-                keep.append((fam, label, make))
-                seen.add(fam)
+        for cfg in cfgs:
+            if cfg.family not in seen or cfg.label == "Euler-50":
+                keep.append(cfg)
+                seen.add(cfg.family)
         cfgs = keep
     return cfgs
 
 
-def measure(family, label, make, velocity, x0, labels, args, device, judge, reference):
-    sampler = make()
+def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, reference):
+    sampler = cfg.make()
     extras = {"cfg_scale": args.cfg}
     if isinstance(sampler, ff.FastFlowSampler):  # learn on other noise first, as a user would
-        for i in range(args.warmup * (LONG_WARMUP if "warm-up" in label else 1)):
+        for i in range(args.warmup * cfg.warmup_factor):
             xw = make_noise(args.warmup_batch_size, tuple(x0.shape[1:]), seed=args.seed + 7919 * (i + 1)).to(device)
             sampler.sample(velocity, xw, y=labels[:args.warmup_batch_size].to(device), **extras)
     timed = TimedVelocity(velocity, device)
     run = run_batched(sampler, timed, x0, labels, args.batch_size, device, None, **extras)
-    row = {"family": family, "label": label, "sampler": repr(sampler), "nfe": run.nfe,
+    row = {"family": cfg.family, "label": cfg.label, "sampler": repr(sampler), "nfe": run.nfe,
            "overhead_share": max(run.seconds - timed.seconds, 0.0) / run.seconds}
     if isinstance(sampler, ff.FlowTurboSampler):
         row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
@@ -199,9 +216,9 @@ def main(args):
     mus = [None] + args.mu
     rows, samplers, reference = [], [], None
     cfgs = configurations(args.quick, refiner, mus)
-    for family, label, make in tqdm(cfgs, desc="samplers"):
-        row, images, sampler = measure(family, label, make, velocity, x0, labels, args, device, judge, reference)
-        if label == "Euler-50":
+    for cfg in tqdm(cfgs, desc="samplers"):
+        row, images, sampler = measure(cfg, velocity, x0, labels, args, device, judge, reference)
+        if cfg.label == "Euler-50":
             reference = images
             row["psnr"], row["ssim"] = None, 1.0  # the reference itself
         rows.append(row)
@@ -244,7 +261,7 @@ def print_table(rows, machine):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=DEFAULT_CKPT)
-    p.add_argument("--refiner", default=os.path.join(os.path.dirname(DEFAULT_CKPT), "refiner_mnist.pt"))
+    p.add_argument("--refiner", default=DEFAULT_REFINER)
     p.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
     p.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS)
     p.add_argument("--n", type=int, default=300, help="evaluation samples")

@@ -15,8 +15,7 @@ its NFE accounting and its time convention (t = 0 noise, t = 1 data, t_k = k / T
 """
 from __future__ import annotations
 
-from .extrapolate import History
-from .fastflow import _check_order
+from .extrapolate import History, check_order
 from .solvers import EulerSampler
 
 __all__ = ["TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule"]
@@ -66,7 +65,7 @@ class TaylorSeerSampler(EulerSampler):
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(f"interval must be an int >= 1, got {interval!r}")
         self.interval = interval
-        self.order = _check_order(order)
+        self.order = check_order(order)
 
     def start(self, field):
         return History(self.order + 1)

@@ -18,7 +18,14 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["newton_extrapolate", "History"]
+__all__ = ["newton_extrapolate", "History", "check_order"]
+
+
+def check_order(order: int) -> int:
+    """Validate an extrapolation order p (an int >= 1) and return it."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"extrapolation order must be an int >= 1, got {order!r}")
+    return order
 
 
 def newton_extrapolate(times: Sequence[float], values: Sequence[torch.Tensor], t: float) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch
 
 from .atomic import atomic_write
 from .bandit import BANDITS, Bandit, make_bandit
-from .extrapolate import History
-from .field import VelocityField, check_steps
+from .extrapolate import History, check_order
+from .field import VelocityField
 from .result import SampleResult
 from .solvers import EulerSampler
 
@@ -26,12 +26,6 @@ __all__ = ["ExtrapolatedEulerSampler", "extrapolated_euler", "FastFlowSampler"]
 
 STATE_FORMAT = "fastflow-bandit-state"
 STATE_VERSION = 1
-
-
-def _check_order(order: int) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"extrapolation order must be an int >= 1, got {order!r}")
-    return order
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,7 +42,7 @@ class ExtrapolatedEulerSampler(EulerSampler):
 
     def __init__(self, steps: int, skip: Iterable[int], order: int = 1):
         super().__init__(steps)
-        self.order = _check_order(order)
+        self.order = check_order(order)
         skip = sorted(set(skip))
         for i, k in enumerate(skip):
             if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < steps:
@@ -135,7 +129,7 @@ class FastFlowSampler(EulerSampler):
     def __init__(self, steps: int, arms: Sequence[int] = (0, 1, 2, 3, 4), mu: Optional[float] = None,
                  order: int = 1, bandit: str = "ucb1", normalize_rewards: bool = True,
                  generator: Optional[torch.Generator] = None, **bandit_kwargs):
-        super().__init__(check_steps(steps))
+        super().__init__(steps)
         arms = tuple(arms)
         if not arms or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in arms):
             raise ValueError(f"arms must be a non-empty sequence of non-negative ints, got {arms}")
@@ -145,7 +139,7 @@ class FastFlowSampler(EulerSampler):
             raise ValueError(f"mu must be >= 0 or None, got {mu}")
         if bandit not in BANDITS:
             raise ValueError(f"unknown bandit '{bandit}', choose from {sorted(BANDITS)}")
-        self.order = _check_order(order)
+        self.order = check_order(order)
         self.arms = arms
         self.mu = mu
         self.bandit_kind = bandit

@@ -106,11 +106,6 @@ class DigitClassifier(nn.Module):
         return self.head(self.dropout(self.features(x)))  # (N, num_classes)
 
 
-def _atomic_save(obj: dict, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the target folder, then rename it over ``path``."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def _load_dict(path: str | os.PathLike, fmt: str) -> dict:
     """Load a checkpoint dict and check its format tag; ValueError on any problem."""
     if not os.path.isfile(path):
@@ -129,16 +124,14 @@ def _load_dict(path: str | os.PathLike, fmt: str) -> dict:
 
 def save_classifier(path: str | os.PathLike, model: DigitClassifier, meta: dict | None = None) -> None:
     """Write ``model`` (config + weights, plus optional ``meta`` of plain values) atomically."""
-    _atomic_save(
-        {
-            "format": CLASSIFIER_FORMAT,
-            "version": FORMAT_VERSION,
-            "config": asdict(model.config),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "meta": dict(meta or {}),
-        },
-        path,
-    )
+    payload = {
+        "format": CLASSIFIER_FORMAT,
+        "version": FORMAT_VERSION,
+        "config": asdict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> DigitClassifier:
@@ -201,18 +194,16 @@ def save_feature_stats(path: str | os.PathLike, mu: torch.Tensor, sigma: torch.T
         model: the classifier whose ``features`` produced them.
         source: a human-readable description of the data.
     """
-    _atomic_save(
-        {
-            "format": STATS_FORMAT,
-            "version": FORMAT_VERSION,
-            "mu": mu.detach().cpu().double(),
-            "sigma": sigma.detach().cpu().double(),
-            "n": int(n),
-            "classifier_fingerprint": classifier_fingerprint(model),
-            "source": source,
-        },
-        path,
-    )
+    payload = {
+        "format": STATS_FORMAT,
+        "version": FORMAT_VERSION,
+        "mu": mu.detach().cpu().double(),
+        "sigma": sigma.detach().cpu().double(),
+        "n": int(n),
+        "classifier_fingerprint": classifier_fingerprint(model),
+        "source": source,
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_feature_stats(path: str | os.PathLike, model: DigitClassifier | None = None) -> tuple[torch.Tensor, torch.Tensor]:

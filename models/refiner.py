@@ -29,7 +29,7 @@ import torch.nn as nn
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.dit import DiT, DiTBlock, DiTConfig, FinalLayer, LabelEmbedder, TimestepEmbedder, get_2d_sincos_pos_embed
 
-__all__ = ["RefinerConfig", "VelocityRefiner", "SamplerRefiner", "refiner_velocity_fn", "base_fingerprint",
+__all__ = ["RefinerConfig", "VelocityRefiner", "SamplerRefiner", "base_fingerprint",
            "save_refiner", "load_refiner", "parse_turbo", "count_params", "REFINER_KEYS"]
 
 REFINER_KEYS = ("ema", "refiner_config", "base")
@@ -175,11 +175,6 @@ class SamplerRefiner:
 
     def __repr__(self):
         return f"SamplerRefiner({count_params(self.module)} params, {self.config})"
-
-
-def refiner_velocity_fn(refiner: VelocityRefiner) -> SamplerRefiner:
-    """Same as ``refiner.as_sampler_refiner()``."""
-    return SamplerRefiner(refiner)
 
 
 # ---------------------------------------------------------------- base-model fingerprint

@@ -3,8 +3,6 @@ import json
 import os
 import struct
 
-import pytest
-
 from benchmarks.bench import main, parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import train_refiner
 from fastflow import FlowTurboSampler
 from models import DiT, build_dit, load_model, save_checkpoint
 from models.refiner import (RefinerConfig, SamplerRefiner, VelocityRefiner, base_fingerprint, count_params,
-                            load_refiner, parse_turbo, refiner_velocity_fn, save_refiner)
+                            load_refiner, parse_turbo, save_refiner)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +110,7 @@ def test_cfg_adapter_is_one_batched_call_with_the_guidance_formula():
     with torch.no_grad():
         r_c, r_u = refiner(x, t, u, y), refiner(x, t, u, null)
     calls.clear()
-    fn = refiner_velocity_fn(refiner)
+    fn = refiner.as_sampler_refiner()
     s = 2.5
     torch.testing.assert_close(fn(x=x, t=t, u=u, y=y, cfg_scale=s), r_u + s * (r_c - r_u), rtol=1e-5, atol=1e-6)
     assert calls == [2 * len(x)]  # one batched call on [cond; null]
