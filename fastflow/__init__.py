@@ -6,9 +6,12 @@ dx/dt = v(x, t) from 0 to 1 on the uniform grid t_k = k / T.
 """
 from . import metrics, toy
 from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
-from .bandit import BANDITS, EpsilonGreedy, GaussianThompson, UCB1, make_bandit
+from .bandit import BANDITS, EpsilonGreedy, ErrorTableUCB, GaussianThompson, UCB1, make_bandit
 from .extrapolate import History, newton_extrapolate
-from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler
+from .errors import TableRecorder, error_table, relative_error
+from .fastflow import DEFAULT_MAX_RUN, DEFAULT_TOLERANCE, POLICIES, ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler
+from .plan import min_calls, plan_cost, plan_skips, planned_costs
+from .policy import PaperBanditPolicy, PlanningBanditPolicy, PlanPolicy
 from .field import VelocityField
 from .flowturbo import FlowTurboSampler
 from .result import SampleResult
@@ -27,5 +30,7 @@ __all__ = [
     "SampleResult", "VelocityField", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler",
     "ExtrapolatedEulerSampler", "FlowTurboSampler", "extrapolated_euler", "FastFlowSampler", "History", "newton_extrapolate",
     "TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule",
-    "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "SAMPLERS", "toy", "metrics",
+    "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "ErrorTableUCB", "SAMPLERS", "toy",
+    "metrics", "plan_skips", "planned_costs", "plan_cost", "min_calls", "error_table", "relative_error",
+    "TableRecorder", "PlanPolicy", "PlanningBanditPolicy", "PaperBanditPolicy", "POLICIES", "DEFAULT_TOLERANCE", "DEFAULT_MAX_RUN",
 ]

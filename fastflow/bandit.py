@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["Bandit", "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit"]
+__all__ = ["Bandit", "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "ErrorTableUCB"]
 
 
 class Bandit:
@@ -64,6 +64,13 @@ class Bandit:
         self.counts[arm] += 1
         self.sums[arm] += reward
         self.sq_sums[arm] += reward * reward
+
+    def shift_rewards(self, arm: int, delta: float) -> None:
+        """Add ``delta`` to every reward recorded for ``arm``, as if it had always been paid
+        (used when a Lagrange multiplier in the reward changes; exact for sums and squares)."""
+        n, s = self.counts[arm], self.sums[arm]
+        self.sums[arm] = s + n * delta
+        self.sq_sums[arm] += 2 * delta * s + n * delta * delta
 
     def hyperparameters(self) -> dict:
         return {}
@@ -160,6 +167,101 @@ class GaussianThompson(Bandit):
         noise = torch.randn(len(arms), generator=generator, dtype=torch.float64).tolist()
         draws = [self.mean(a) + math.sqrt(var / self.counts[a]) * z for a, z in zip(arms, noise)]
         return arms[max(range(len(arms)), key=lambda i: draws[i])]
+
+
+class ErrorTableUCB:
+    """Optimistic running estimate of an error table, for a planner (a combinatorial bandit).
+
+    The prior is the table of one full run (``fastflow.errors``). What sampling reveals is one
+    error per visited state s = (k, g_1..g_p): at the real step that ends a run of skips, the
+    extrapolation from s is compared with the real velocity. Each observation e at lead i
+    gives a log-ratio l = log(e / table[s, i]); the estimate of every lead of s is the table
+    row scaled by exp(mean l), because the skipped steps of a run share its nodes (the
+    interpolation error is f^(p+1)(xi) / (p+1)! times a factor that depends only on the
+    lead, so a change of f^(p+1) scales the whole row). The calibration run itself counts as
+    one observation with l = 0.
+
+    The planner is given the lower confidence bound
+
+        table[s, i] * exp(mean_l(s) - sigma * sqrt(c * ln N / n(s))),
+
+    N the number of runs seen, n(s) the observations of s, sigma the pooled standard deviation
+    of the log-ratios (``prior_sigma`` until 10 repeated observations exist): UCB1's bonus on a
+    multiplicative scale (errors span decades) in units of the observed batch-to-batch
+    spread. States seldom visited look cheaper than their estimate, so the planner tries them
+    when they could beat its plan, sees their real cost, and settles.
+
+    Args:
+        table: error table of the calibration run.
+        c: exploration constant (UCB1's 2; 0 plans on the running means, no optimism).
+        prior_sigma: spread of the log-ratios assumed before enough observations exist.
+    """
+
+    def __init__(self, table: torch.Tensor, c: float = 2.0, prior_sigma: float = 0.5):
+        if not c >= 0:
+            raise ValueError(f"exploration constant must be >= 0, got {c}")
+        if not prior_sigma > 0:
+            raise ValueError(f"prior_sigma must be > 0, got {prior_sigma}")
+        self.table = table.to(torch.float64)
+        self.c, self.prior_sigma = float(c), float(prior_sigma)
+        self.counts = torch.ones(table.shape[:-1], dtype=torch.float64)  # calibration = one look
+        self.log_sums = torch.zeros(table.shape[:-1], dtype=torch.float64)
+        self.log_sq_sums = torch.zeros(table.shape[:-1], dtype=torch.float64)
+        self.runs = 1
+
+    def observe(self, state: tuple[int, ...], lead: int, error: float) -> None:
+        """Record the error seen at ``lead`` steps past state (k, g_1..g_p).
+
+        Raises:
+            ValueError: for a negative or non-finite error.
+        """
+        prior = float(self.table[state + (lead,)])
+        if not (math.isfinite(error) and error >= 0):
+            raise ValueError(f"observed error must be finite and >= 0, got {error}")
+        if not (math.isfinite(prior) and prior > 0 and error > 0):
+            return  # no ratio to learn from (an exact prior or an exact extrapolation)
+        lr = math.log(error / prior)
+        self.counts[state] += 1
+        self.log_sums[state] += lr
+        self.log_sq_sums[state] += lr * lr
+
+    def end_run(self) -> None:
+        self.runs += 1
+
+    def sigma(self) -> float:
+        """Pooled standard deviation of the log-ratios within states."""
+        dof = float((self.counts - 1).sum())
+        if dof < 10:
+            return self.prior_sigma
+        ss = float((self.log_sq_sums - self.log_sums.square() / self.counts).sum())
+        return math.sqrt(max(ss, 0.0) / dof)
+
+    def estimate(self, optimistic: bool = True) -> torch.Tensor:
+        """The table scaled per state by the running mean ratio, lowered by the bonus if optimistic."""
+        log_scale = self.log_sums / self.counts
+        if optimistic and self.c > 0:
+            log_scale = log_scale - self.sigma() * torch.sqrt(self.c * math.log(max(self.runs, 2)) / self.counts)
+        return self.table * torch.exp(log_scale)[..., None]
+
+    def state_dict(self) -> dict:
+        return {"runs": self.runs, "counts": self.counts.tolist(), "log_sums": self.log_sums.tolist(),
+                "log_sq_sums": self.log_sq_sums.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore statistics (hyperparameters stay the constructor's).
+
+        Raises:
+            ValueError: for a shape mismatch, non-finite sums, counts < 1 or bad ``runs``.
+        """
+        stats = [torch.tensor(state[key], dtype=torch.float64) for key in ("counts", "log_sums", "log_sq_sums")]
+        if any(x.shape != self.counts.shape for x in stats):
+            raise ValueError(f"planning-bandit statistics must have shape {tuple(self.counts.shape)}")
+        counts, log_sums, log_sq_sums = stats
+        if not (torch.isfinite(log_sums).all() and torch.isfinite(log_sq_sums).all() and (counts >= 1).all()):
+            raise ValueError("planning-bandit statistics must be finite with counts >= 1")
+        if isinstance(state["runs"], bool) or not isinstance(state["runs"], int) or state["runs"] < 1:
+            raise ValueError(f"planning-bandit 'runs' must be an int >= 1, got {state['runs']!r}")
+        self.counts, self.log_sums, self.log_sq_sums, self.runs = counts, log_sums, log_sq_sums, state["runs"]
 
 
 BANDITS = {"ucb1": UCB1, "epsilon-greedy": EpsilonGreedy, "thompson": GaussianThompson}

@@ -1,43 +1,52 @@
-"""FastFlow: Euler sampling that skips model calls by extrapolating the velocity, with a
-multi-armed bandit per step deciding how many steps to skip (Bajpai et al., ICLR 2026).
+"""FastFlow: Euler sampling that skips model calls by extrapolating the velocity from earlier
+real evaluations (Bajpai et al., ICLR 2026), with the skips chosen by a policy.
 
 Time convention: t = 0 is noise, t = 1 is data, grid t_k = k / T, Euler update
 x_{k+1} = x_k + dt * v_k. On a skipped step v_k is not computed but extrapolated, by
-``fastflow.extrapolate.newton_extrapolate``, from the p + 1 most recent real
-evaluations (p = ``order``).
+``fastflow.extrapolate.newton_extrapolate``, from the p + 1 most recent real evaluations
+(p = ``order``). Errors are relative, e = ||v_hat - v|| / ||v|| over the batch
+(``fastflow.errors``).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field as dc_field
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
 from .atomic import atomic_write
-from .bandit import BANDITS, Bandit, make_bandit
+from .bandit import BANDITS
+from .errors import TableRecorder, relative_error, table_shape
 from .extrapolate import History, check_order
 from .field import VelocityField
+from .plan import min_calls, plan_cost, plan_skips, planned_costs
+from .policy import Observation, PaperBanditPolicy, PlanningBanditPolicy, PlanPolicy, SkipPolicy, runs_after
 from .result import SampleResult
 from .solvers import EulerSampler
 
-__all__ = ["ExtrapolatedEulerSampler", "extrapolated_euler", "FastFlowSampler"]
+__all__ = ["ExtrapolatedEulerSampler", "extrapolated_euler", "FastFlowSampler", "DEFAULT_TOLERANCE", "DEFAULT_MAX_RUN",
+           "POLICIES"]
 
 STATE_FORMAT = "fastflow-bandit-state"
-STATE_VERSION = 1
-
-
-def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean squared error over every element of the batch (one number per batch)."""
-    return torch.mean((a - b).square()).item()
+STATE_VERSION = 2
+SCHEDULE_FORMAT = "fastflow-skip-schedule"
+POLICIES = ("plan", "bandit", "paper")
+DEFAULT_TOLERANCE = 1.0
+DEFAULT_MAX_RUN = 6
 
 
 class ExtrapolatedEulerSampler(EulerSampler):
     """Euler on the uniform grid where the steps in ``skip`` use an extrapolated velocity.
 
     A step k can be skipped only if at least ``order + 1`` real evaluations precede it,
-    so step 0 is never skippable. A run makes exactly T - |skip| model calls.
+    so step 0 is never skippable. A run makes exactly T - |skip| model calls and takes no
+    decision at run time. ``save``/``load`` keep the schedule as JSON.
+
+    Raises:
+        ValueError: for a skip step outside [0, T - 1] or with too few real steps before it.
     """
 
     def __init__(self, steps: int, skip: Iterable[int], order: int = 1):
@@ -64,6 +73,34 @@ class ExtrapolatedEulerSampler(EulerSampler):
         history.append(field.t(k), v)
         return v
 
+    def state_dict(self) -> dict:
+        return {"format": SCHEDULE_FORMAT, "steps": self.steps, "order": self.order, "skip": sorted(self.skip)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "ExtrapolatedEulerSampler":
+        if not isinstance(state, dict) or state.get("format") != SCHEDULE_FORMAT:
+            raise ValueError(f"not a skip schedule (missing 'format': '{SCHEDULE_FORMAT}')")
+        if not isinstance(state.get("skip"), list):
+            raise ValueError("skip schedule has no list 'skip'")
+        return cls(state.get("steps"), state["skip"], state.get("order"))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the schedule as JSON, atomically."""
+        atomic_write(path, lambda f: json.dump(self.state_dict(), f), binary=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ExtrapolatedEulerSampler":
+        """Read a schedule written by ``save``; a malformed file raises ValueError naming it."""
+        try:
+            with open(path, "rb") as f:
+                state = json.loads(f.read().decode("utf-8"))
+            return cls.from_state_dict(state)
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def __repr__(self) -> str:
+        return f"ExtrapolatedEulerSampler(steps={self.steps}, skipped={len(self.skip)}, order={self.order})"
+
 
 def extrapolated_euler(velocity, x_init: torch.Tensor, steps: int, skip: Iterable[int],
                        order: int = 1, **extras) -> SampleResult:
@@ -87,75 +124,166 @@ class _Run:
     """Per-call state of a FastFlow run."""
 
     history: History
-    calibrating: bool
-    remaining: int = 0                  # skips left in the current run of skips
-    pending: Optional[tuple[int, int]] = None  # (decision step, arm index) awaiting its reward
+    recorder: Optional[TableRecorder]           # the calibration run's error table, else None
+    reals: list = dc_field(default_factory=list)
+    remaining: int = 0                          # skips left in the current run of skips
+    pending: Optional[tuple] = None             # (k, gaps, m): decision awaiting its run-end error
+    observed: list = dc_field(default_factory=list)   # (k, gaps, lead, 0-d error tensor)
     decisions: list = dc_field(default_factory=list)
-    one_step_errors: list = dc_field(default_factory=list)
-    arm_errors: list = dc_field(default_factory=list)  # (decision step, arm index, mse)
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
+    return value
 
 
 class FastFlowSampler(EulerSampler):
-    """Euler sampling with bandit-chosen runs of extrapolated steps.
+    """Euler that extrapolates the velocity on the steps its skip policy picks.
 
-    At a step k where the model was just evaluated, the bandit of step k picks an arm
-    m (number of following steps to extrapolate). Runs are capped so that a real
-    evaluation always follows before the end (k + m + 1 <= T - 1). At that evaluation,
-    step j = k + m + 1, the real velocity v_j is compared with the extrapolation
-    v_hat_j from the same history, and bandit k receives
+    The first call is a full Euler run (nfe == T), the **calibration run**: it records the
+    error table (``fastflow.errors``: what every skip would have cost, as relative error)
+    and Euler's own local errors eta_k = |v_{k+1} - v_k| / (2 |v_k|), then builds the
+    policy. Later calls sample with the policy and, for the learning policies, update it
+    once at the end of the run (a failed run changes nothing).
 
-        r = (mu * m - MSE(v_hat_j, v_j)) / scale,
+    The knob is a number of model calls or a tolerance, never an error scale:
 
-    with the MSE averaged over the batch (one decision per batch). ``scale`` is 1 for the
-    raw reward of the paper, or mu * max(arms) with ``normalize_rewards=True`` so that the
-    largest skip bonus is 1, the range UCB1's exploration constant is made for.
+    * ``calls=K``: every plan makes exactly K model calls per run (the paper bandit meets K
+      on average, its mu being a Lagrange multiplier).
+    * ``tolerance=tau`` (dimensionless): the fewest calls K whose optimal plan's summed
+      error stays at or below tau * sum_k eta_k, i.e. the skips may add at most tau times the
+      error that Euler-T itself makes against the exact flow (both estimated on the
+      calibration run, in the same units: dt |v| times a relative velocity error).
+    * neither: ``tolerance=DEFAULT_TOLERANCE``.
 
-    The first call is always a full Euler run (nfe == T). It calibrates
-    mu = max_k MSE(v_hat_k, v_k) / T from the one-step-ahead order-p predictions if mu
-    was not given, and gives every bandit one reward per feasible arm, computed from
-    the full trajectory. Bandit state persists across calls; see ``save_state``.
+    Policies (``policy=``):
+
+    * ``"plan"`` (default): the exact optimum of ``fastflow.plan_skips`` on the calibration
+      table, played on every run. No decision cost beyond a dict lookup, no host reads.
+    * ``"bandit"``: a planning bandit; re-plans after each run from an optimistic running
+      estimate of the table (``fastflow.bandit.ErrorTableUCB``, exploration ``explore``).
+    * ``"paper"``: the paper's per-step bandits (``fastflow.policy.PaperBanditPolicy``) with
+      arms ``arms``, reward (mu * m - e) / scale. The paper's own configuration (raw reward,
+      calibrated mu = max_k e_k / T over one-step-ahead errors, UCB1 with c = 2) is
+      ``FastFlowSampler.paper(steps)``. If ``policy`` is omitted and ``mu`` is given, the
+      policy is ``"paper"`` (mu means nothing to the others); likewise if ``bandit`` or a
+      bandit hyperparameter is given.
+
+    Runs of skips are at most ``max_run`` long (``max(arms)`` for the paper policy); steps
+    0..p and T - 1 are always real.
 
     Args:
         steps: T.
-        arms: candidate run lengths (distinct non-negative ints).
-        mu: reward per skipped step; None to calibrate on the first call.
-        order: extrapolation order p (1 or 2 in the paper's spirit; any p >= 1 works).
-        bandit: ``"ucb1"``, ``"epsilon-greedy"`` or ``"thompson"``.
-        normalize_rewards: divide rewards by mu * max(arms).
-        generator: torch.Generator for randomised bandits (UCB1 needs none).
-        **bandit_kwargs: hyperparameters of the bandit (``c``, ``epsilon``, ``prior_var``).
+        calls: model calls per run, in [min_calls(T, p, max_run), T].
+        tolerance: > 0, relative to Euler-T's own error (see above).
+        policy: ``"plan"``, ``"bandit"`` or ``"paper"``.
+        arms: the paper bandit's arms (run lengths); its runs are at most max(arms) long.
+        mu: the paper bandit's reward per skipped step (relative-error units); None calibrates
+            it (or, with a budget, starts the Lagrange multiplier at the plan's mean error per skip).
+        order: extrapolation order p.
+        bandit: the paper policy's bandit, ``"ucb1"``, ``"epsilon-greedy"`` or ``"thompson"``.
+        normalize_rewards: the paper policy divides rewards by mu * max(arms).
+        generator: torch.Generator for randomised bandits (UCB1 and the plans need none).
+        explore: the planning bandit's exploration constant c.
+        max_run: longest run of skips for the plan and bandit policies (default ``DEFAULT_MAX_RUN``).
+        **bandit_kwargs: hyperparameters of the paper policy's bandit (``c``, ``epsilon``, ``prior_var``).
+
+    Raises:
+        ValueError: for bad arms, mu, order, policy, both ``calls`` and ``tolerance``, a
+            tolerance <= 0, or a call budget that no plan can meet.
+
+    ``SampleResult.info`` keys: ``policy``, ``calibration_run`` (bool), ``calls_target`` (K,
+    None before calibration), ``decisions`` ((k, m) pairs: m steps extrapolated after real
+    step k), ``mu`` (paper policy), ``host_reads`` (device-to-host reads made by the
+    sampler's own bookkeeping in this run: 0 or 1).
     """
 
-    def __init__(self, steps: int, arms: Sequence[int] = (0, 1, 2, 3, 4), mu: Optional[float] = None,
-                 order: int = 1, bandit: str = "ucb1", normalize_rewards: bool = True,
-                 generator: Optional[torch.Generator] = None, **bandit_kwargs):
+    def __init__(self, steps: int, calls: Optional[int] = None, tolerance: Optional[float] = None,
+                 policy: Optional[str] = None, arms: Sequence[int] = (0, 1, 2, 3, 4), mu: Optional[float] = None,
+                 order: int = 1, bandit: Optional[str] = None, normalize_rewards: bool = True,
+                 generator: Optional[torch.Generator] = None, explore: float = 0.5,
+                 max_run: Optional[int] = None, **bandit_kwargs):
         super().__init__(steps)
         arms = tuple(arms)
         if not arms or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in arms):
             raise ValueError(f"arms must be a non-empty sequence of non-negative ints, got {arms}")
         if len(set(arms)) != len(arms):
             raise ValueError(f"arms must be distinct, got {arms}")
-        if mu is not None and not mu >= 0:
-            raise ValueError(f"mu must be >= 0 or None, got {mu}")
-        if bandit not in BANDITS:
+        if max(arms) < 1:
+            raise ValueError(f"arms must allow at least one skip (max(arms) >= 1), got {arms}")
+        if mu is not None and not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu >= 0):
+            raise ValueError(f"mu must be finite and >= 0, or None, got {mu}")
+        if bandit is not None and bandit not in BANDITS:
             raise ValueError(f"unknown bandit '{bandit}', choose from {sorted(BANDITS)}")
+        if policy is None:  # mu, a bandit or its hyperparameters only mean something to the paper policy
+            policy = "paper" if (mu is not None or bandit is not None or bandit_kwargs) else "plan"
+        if policy != "paper" and (bandit is not None or bandit_kwargs):
+            raise ValueError(f"bandit and its hyperparameters belong to the paper policy, not '{policy}'")
+        bandit = bandit or "ucb1"
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy '{policy}', choose from {list(POLICIES)}")
+        if mu is not None and policy != "paper":
+            raise ValueError(f"mu is the paper bandit's reward per skip; policy '{policy}' takes calls or tolerance")
+        if calls is not None and tolerance is not None:
+            raise ValueError("give calls or tolerance, not both")
         self.order = check_order(order)
-        self.arms = arms
-        self.mu = mu
-        self.bandit_kind = bandit
-        self.normalize_rewards = normalize_rewards
-        self.generator = generator
-        self.reward_scale = 1.0
-        self.calibrated = False
-        # One bandit per step that can make a decision: enough history, and a real step after it.
-        self.bandits: dict[int, Bandit] = {
-            k: make_bandit(bandit, len(arms), **bandit_kwargs) for k in range(order, steps - 1)}
+        if policy == "paper":
+            if max_run is not None and max_run != max(arms):
+                raise ValueError(f"the paper policy's runs are its arms: max_run={max_run} != max(arms)={max(arms)}")
+            self.max_run = max(arms)
+        else:
+            self.max_run = DEFAULT_MAX_RUN if max_run is None else _check_int("max_run", max_run, 1, steps)
+        if calls is not None:
+            lo = min_calls(steps, self.order, self.max_run)
+            if isinstance(calls, bool) or not isinstance(calls, int) or not self.order + 2 <= calls <= steps:
+                raise ValueError(f"calls must be an int in [{self.order + 2}, {steps}] (order + 2 to steps), "
+                                 f"got {calls!r}")
+            if calls < lo:
+                raise ValueError(f"calls={calls} is too few for steps={steps} with runs of at most "
+                                 f"{self.max_run} skips: at least {lo} are needed")
+        if tolerance is not None and not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance)
+                                          and tolerance > 0):
+            raise ValueError(f"tolerance must be a finite number > 0, got {tolerance!r}")
+        if policy != "paper" and calls is None and tolerance is None:
+            tolerance = DEFAULT_TOLERANCE  # the paper bandit without a budget keeps a fixed or calibrated mu
+        self.tolerance = tolerance
+        if not explore >= 0:
+            raise ValueError(f"explore must be >= 0, got {explore}")
+        self.calls, self.policy_name, self.arms, self.mu_init = calls, policy, arms, mu
+        self.bandit_kind, self.normalize_rewards, self.generator = bandit, normalize_rewards, generator
+        self.explore, self.bandit_kwargs = explore, dict(bandit_kwargs)
+        if policy == "paper":
+            from .bandit import make_bandit
+            make_bandit(bandit, len(arms), **bandit_kwargs)  # validate the hyperparameters now
+        self.policy: Optional[SkipPolicy] = None
+        self.table: Optional[torch.Tensor] = None
+        self.euler_errors: Optional[torch.Tensor] = None
+        self.calls_target: Optional[int] = None
+
+    @classmethod
+    def paper(cls, steps: int, **kwargs) -> "FastFlowSampler":
+        """The paper's configuration: per-step UCB1 (c = 2), raw reward mu * m - e, mu calibrated
+        on the first run as max_k e_k / T (one-step-ahead errors e_k), arms 0..4."""
+        return cls(steps, policy="paper", normalize_rewards=False, bandit="ucb1", c=2.0, **kwargs)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.policy is not None
+
+    @property
+    def mu(self) -> Optional[float]:
+        """The paper policy's current reward per skip (None before calibration or for other policies)."""
+        return self.policy.mu if isinstance(self.policy, PaperBanditPolicy) else self.mu_init
 
     # -- the step rule ---------------------------------------------------------------
 
     def start(self, field):
-        size = self.order + 2 + max(self.arms)  # room to replay the longest arm at calibration
-        return _Run(history=History(size), calibrating=not self.calibrated)
+        size = self.order + 1
+        if not self.calibrated:
+            times = [field.t(k) for k in range(field.steps)]
+            return _Run(history=History(size), recorder=TableRecorder(times, self.order, self.max_run))
+        return _Run(history=History(size), recorder=None)
 
     def velocity(self, field: VelocityField, run: _Run, k: int, x: torch.Tensor) -> torch.Tensor:
         if run.remaining > 0:
@@ -164,124 +292,262 @@ class FastFlowSampler(EulerSampler):
             return run.history.extrapolate(field.t(k), self.order)
         v = field.at(k, x)
         t = field.t(k)
-        if run.pending is not None:
-            decided_at, arm = run.pending
-            err = _mse(run.history.extrapolate(t, self.order), v)
-            self.bandits[decided_at].update(arm, self.reward(self.arms[arm], err))
+        if run.pending is not None:  # the real step ending a run: what its nodes predicted here
+            decided, gaps, m = run.pending
+            run.observed.append((decided, gaps, m + 1, relative_error(run.history.extrapolate(t, self.order), v)))
             run.pending = None
         run.history.append(t, v)
-        if run.calibrating:
-            self._record_errors(run, k, t, v)
-        elif k in self.bandits:
-            self._decide(field, run, k)
+        run.reals.append(k)
+        if run.recorder is not None:
+            run.recorder.add(k, v)
+        elif self.order <= k < field.steps - 1:
+            m = self.policy.run_length(k, field.steps - 2 - k)
+            if self.policy.observes:
+                r = run.reals
+                run.pending = (k, tuple(r[-1 - i] - r[-2 - i] for i in range(self.order)), m)
+            run.remaining = m
+            if m:
+                run.decisions.append((k, m))
         return v
 
-    def _decide(self, field: VelocityField, run: _Run, k: int) -> None:
-        available = [i for i, m in enumerate(self.arms) if k + m + 1 <= field.steps - 1]
-        if not available:
-            return
-        arm = self.bandits[k].select(available, self.generator)
-        run.pending = (k, arm)
-        run.remaining = self.arms[arm]
-        run.decisions.append((k, self.arms[arm]))
-
-    def _record_errors(self, run: _Run, j: int, t: float, v: torch.Tensor) -> None:
-        """Full run: what each arm decided at k = j - m - 1 would have cost at step j."""
-        h = run.history
-        if len(h) >= self.order + 2:
-            run.one_step_errors.append(_mse(h.extrapolate(t, self.order, drop_last=1), v))
-        for i, m in enumerate(self.arms):
-            if j - m - 1 in self.bandits:
-                run.arm_errors.append((j - m - 1, i, _mse(h.extrapolate(t, self.order, drop_last=m + 1), v)))
-
     def finish(self, field, run):
-        if run.calibrating:
-            if self.mu is None:
-                self.mu = max(run.one_step_errors, default=0.0) / field.steps
-            scale = self.mu * max(self.arms)
-            self.reward_scale = scale if self.normalize_rewards and scale > 0 else 1.0
-            for decided_at, arm, err in run.arm_errors:
-                self.bandits[decided_at].update(arm, self.reward(self.arms[arm], err))
-            self.calibrated = True
-        return {"decisions": run.decisions, "mu": self.mu, "calibration_run": run.calibrating}
+        calibrating = run.recorder is not None
+        reads = 0
+        if calibrating:
+            self._calibrate(run.recorder.table(), run.recorder.euler_errors())
+            reads = 1
+        elif run.observed:
+            errors = torch.stack([e for *_, e in run.observed]).tolist()  # the run's one host read
+            reads = 1
+            obs = [Observation(k, g, lead, float(e)) for (k, g, lead, _), e in zip(run.observed, errors)]
+            self.policy.update(obs, field.nfe)
+        elif self.policy.observes:
+            self.policy.update([], field.nfe)
+        info = {"policy": self.policy_name, "calibration_run": calibrating, "calls_target": self.calls_target,
+                "decisions": run.decisions, "host_reads": reads}
+        if isinstance(self.policy, PaperBanditPolicy):
+            info["mu"] = self.policy.mu
+        return info
 
-    def reward(self, m: int, err: float) -> float:
-        """r = (mu * m - err) / scale."""
-        return (self.mu * m - err) / self.reward_scale
+    # -- calibration -----------------------------------------------------------------
+
+    def _calibrate(self, table: torch.Tensor, euler_errors: torch.Tensor) -> None:
+        """Choose the call budget and build the policy from a full run (nothing is set on failure)."""
+        T, p, R = self.steps, self.order, self.max_run
+        if torch.isnan(table).any():
+            raise ValueError("calibration run gave NaN extrapolation errors (non-finite velocities?)")
+        costs = planned_costs(table, T, p, R)
+        budget = float(euler_errors.sum())
+        if self.calls is not None:
+            K = self.calls
+        elif self.tolerance is not None:
+            ok = [c for c in range(T + 1) if math.isfinite(costs[c]) and costs[c] <= self.tolerance * budget]
+            K = min(ok) if ok else T
+        else:
+            K = None
+        if self.policy_name == "plan":
+            policy = PlanPolicy(T, plan_skips(table, T, K, p, R))
+        elif self.policy_name == "bandit":
+            policy = PlanningBanditPolicy(table, T, K, p, R, c=self.explore)
+        else:
+            ones = (1,) * p
+            one_step = [float(table[(k, *ones, 1)]) for k in range(p, T - 1)]
+            if self.mu_init is not None:
+                mu = self.mu_init
+            elif K is not None:  # Lagrange start: the plan's mean error per skip
+                mu = float(costs[K]) / max(T - K, 1)
+            else:
+                mu = max(one_step, default=0.0) / T
+            policy = PaperBanditPolicy(T, self.arms, p, self.bandit_kind, mu, self.normalize_rewards,
+                                       self.generator, calls=K, **self.bandit_kwargs)
+            policy.seed(table)
+        self.table, self.euler_errors, self.calls_target, self.policy = table, euler_errors, K, policy
+
+    def _need_calibration(self, what: str) -> None:
+        if not self.calibrated:
+            raise ValueError(f"{what} needs a calibration run: call sample() once first (a full Euler run)")
 
     # -- inspection ------------------------------------------------------------------
 
+    def schedule(self) -> list[int]:
+        """The skip set the policy would play now without exploring."""
+        self._need_calibration("a schedule")
+        return self.policy.schedule()
+
+    def freeze(self) -> ExtrapolatedEulerSampler:
+        """What was learned, as a fixed schedule: no decisions at run time, reproducible,
+        savable (``ExtrapolatedEulerSampler.save``)."""
+        return ExtrapolatedEulerSampler(self.steps, self.schedule(), self.order)
+
+    def planned_error(self, skip: Optional[Iterable[int]] = None) -> float:
+        """Summed table error of a skip set (default: the current schedule), relative to the
+        calibration run's estimate of Euler-T's own error sum_k eta_k."""
+        self._need_calibration("a planned error")
+        skip = self.schedule() if skip is None else skip
+        return plan_cost(self.table, self.steps, skip, self.order) / float(self.euler_errors.sum())
+
+    def _paper(self) -> PaperBanditPolicy:
+        if not isinstance(self.policy, PaperBanditPolicy):
+            raise ValueError(f"per-step bandits exist only with policy='paper' (this sampler: "
+                             f"'{self.policy_name}'{'' if self.calibrated else ', not calibrated yet'})")
+        return self.policy
+
+    @property
+    def bandits(self):
+        return self._paper().bandits
+
     def arm_counts(self) -> dict[int, list[int]]:
-        """Pull counts per decision step, in the order of ``arms``."""
-        return {k: list(b.counts) for k, b in self.bandits.items()}
+        """Pull counts per decision step, in the order of ``arms`` (paper policy)."""
+        if not self.calibrated and self.policy_name == "paper":
+            return {}
+        return {k: list(b.counts) for k, b in self._paper().bandits.items()}
 
     def greedy_schedule(self) -> list[int]:
-        """Steps skipped if every bandit pulled its best-mean arm: a static schedule."""
-        skipped, k = [], 0
-        while k < self.steps:
-            b = self.bandits.get(k)
-            if b is None or not self.calibrated:
-                k += 1
-                continue
-            avail = [i for i, m in enumerate(self.arms) if k + m + 1 <= self.steps - 1]
-            m = self.arms[max(avail, key=lambda i: (b.mean(i), -i))] if avail else 0
-            skipped.extend(range(k + 1, k + 1 + m))
-            k += m + 1
-        return skipped
+        """Steps skipped if every bandit pulled its best-mean arm (paper policy; [] before calibration)."""
+        if not self.calibrated and self.policy_name == "paper":
+            return []
+        return self._paper().schedule()
 
     # -- persistence -----------------------------------------------------------------
 
+    def _config(self) -> dict:
+        return {"steps": self.steps, "order": self.order, "arms": list(self.arms), "max_run": self.max_run,
+                "policy": self.policy_name,
+                "calls": self.calls, "tolerance": self.tolerance, "bandit": self.bandit_kind,
+                "normalize_rewards": self.normalize_rewards}
+
     def state_dict(self) -> dict:
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "steps": self.steps,
-                "arms": list(self.arms), "order": self.order, "bandit": self.bandit_kind,
-                "mu": self.mu, "normalize_rewards": self.normalize_rewards,
-                "reward_scale": self.reward_scale, "calibrated": self.calibrated,
-                "bandits": {str(k): b.state_dict() for k, b in self.bandits.items()}}
+        state = {"format": STATE_FORMAT, "version": STATE_VERSION, **self._config(), "calibrated": self.calibrated}
+        if not self.calibrated:
+            return state
+        flat = self.table.reshape(-1).tolist()
+        state.update({"table_shape": list(self.table.shape),
+                      "table": [e if math.isfinite(e) else None for e in flat],
+                      "euler_errors": self.euler_errors.tolist(), "calls_target": self.calls_target})
+        pol = self.policy
+        if isinstance(pol, PlanPolicy):
+            state["plan"] = list(pol.skip)
+        elif isinstance(pol, PlanningBanditPolicy):
+            state["planner"] = pol.ucb.state_dict()
+            state["plan"] = list(pol.skip)
+        else:
+            state.update({"mu": pol.mu, "reward_scale": pol.reward_scale,
+                          "bandits": {str(k): b.state_dict() for k, b in pol.bandits.items()}})
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a state; nothing changes unless all of it is valid.
+
+        Raises:
+            ValueError: naming the field, for another format or version, a state learned by a
+                differently configured sampler (steps, order, arms, policy, budget, bandit), or
+                any malformed value.
+        """
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError("not a FastFlow bandit state (missing 'format': "
-                             f"'{STATE_FORMAT}')")
+            raise ValueError(f"not a FastFlow state (missing 'format': '{STATE_FORMAT}')")
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"bandit state version {state.get('version')} is not supported "
-                             f"(expected {STATE_VERSION})")
-        mine = {"steps": self.steps, "arms": list(self.arms), "order": self.order,
-                "bandit": self.bandit_kind, "normalize_rewards": self.normalize_rewards}
+            raise ValueError(f"FastFlow state version {state.get('version')!r} is not supported "
+                             f"(expected {STATE_VERSION}); calibrate again")
+        mine = self._config()
         theirs = {key: state.get(key) for key in mine}
         if theirs != mine:
             diff = ", ".join(f"{k}={theirs[k]!r} (sampler has {mine[k]!r})" for k in mine if theirs[k] != mine[k])
-            raise ValueError(f"bandit state does not match this sampler: {diff}")
-        if self.mu is not None and state["mu"] is not None and state["mu"] != self.mu:
-            raise ValueError(f"bandit state was learned with mu={state['mu']}, sampler has mu={self.mu}")
-        if set(state["bandits"]) != {str(k) for k in self.bandits}:
-            raise ValueError("bandit state has bandits for other steps than this sampler")
-        loaded = {}
-        for k, b in self.bandits.items():  # load into copies: a bad entry leaves the sampler untouched
-            loaded[k] = make_bandit(self.bandit_kind, len(self.arms), **b.hyperparameters())
-            loaded[k].load_state_dict(state["bandits"][str(k)])
-        self.bandits = loaded
-        self.mu = state["mu"]
-        self.reward_scale = float(state["reward_scale"])
-        self.calibrated = bool(state["calibrated"])
+            raise ValueError(f"state does not match this sampler: {diff}")
+        if state.get("calibrated") is False:
+            self.policy = self.table = self.euler_errors = self.calls_target = None
+            return
+        if state.get("calibrated") is not True:
+            raise ValueError(f"'calibrated' must be true or false, got {state.get('calibrated')!r}")
+        shape = table_shape(self.steps, self.order, self.max_run)
+        if state.get("table_shape") != list(shape):
+            raise ValueError(f"'table_shape' is {state.get('table_shape')!r}, expected {list(shape)}")
+        values = state.get("table")
+        if not isinstance(values, list) or len(values) != math.prod(shape) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0)
+                for v in values):
+            raise ValueError("'table' must list prod(table_shape) finite errors >= 0 (null for undefined)")
+        table = torch.tensor([math.inf if v is None else float(v) for v in values], dtype=torch.float64).reshape(shape)
+        eta = state.get("euler_errors")
+        if not isinstance(eta, list) or len(eta) != self.steps - 1 or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in eta):
+            raise ValueError(f"'euler_errors' must list {self.steps - 1} finite numbers >= 0")
+        K = state.get("calls_target")
+        if K is not None:
+            _check_int("'calls_target'", K, min_calls(self.steps, self.order, self.max_run), self.steps)
+        if self.policy_name != "paper" and K is None:
+            raise ValueError("'calls_target' is missing")
+        p, R, T = self.order, self.max_run, self.steps
+        if self.policy_name == "plan":
+            policy = PlanPolicy(T, self._valid_plan(state.get("plan"), K))
+        elif self.policy_name == "bandit":
+            policy = PlanningBanditPolicy(table, T, K, p, R, c=self.explore)
+            if not isinstance(state.get("planner"), dict):
+                raise ValueError("'planner' statistics are missing")
+            try:
+                policy.ucb.load_state_dict(state["planner"])
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"'planner' is malformed ({type(e).__name__}: {e})") from None
+            policy.play(self._valid_plan(state.get("plan"), K))
+        else:
+            mu, scale = state.get("mu"), state.get("reward_scale")
+            for name, value in (("mu", mu), ("reward_scale", scale)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                        or value < 0 or (name == "reward_scale" and value == 0):
+                    raise ValueError(f"'{name}' must be a finite number > 0 (mu >= 0), got {value!r}")
+            if self.mu_init is not None and mu != self.mu_init and K is None:
+                raise ValueError(f"state was learned with mu={mu}, sampler has mu={self.mu_init}")
+            policy = PaperBanditPolicy(T, self.arms, p, self.bandit_kind, mu, self.normalize_rewards,
+                                       self.generator, calls=K, **self.bandit_kwargs)
+            policy.reward_scale = float(scale)
+            bandits = state.get("bandits")
+            if not isinstance(bandits, dict) or set(bandits) != {str(k) for k in policy.bandits}:
+                raise ValueError("'bandits' has entries for other steps than this sampler")
+            for k, b in policy.bandits.items():
+                entry = bandits[str(k)]
+                if not isinstance(entry, dict):
+                    raise ValueError(f"'bandits' entry {k} is not an object")
+                try:
+                    b.load_state_dict(entry)
+                except (KeyError, TypeError) as e:
+                    raise ValueError(f"'bandits' entry {k} is malformed ({type(e).__name__}: {e})") from None
+        self.table, self.euler_errors = table, torch.tensor(eta, dtype=torch.float64)
+        self.calls_target, self.policy = K, policy
+
+    def _valid_plan(self, plan, K: int) -> list[int]:
+        if not isinstance(plan, list) or not all(isinstance(j, int) and not isinstance(j, bool) for j in plan):
+            raise ValueError("'plan' must be a list of step indices")
+        if len(plan) != self.steps - K:
+            raise ValueError(f"'plan' skips {len(plan)} steps, but calls_target={K} means {self.steps - K}")
+        ExtrapolatedEulerSampler(self.steps, plan, self.order)  # validates the steps
+        if max(runs_after(self.steps, plan).values(), default=0) > self.max_run or (plan and plan[-1] == self.steps - 1):
+            raise ValueError(f"'plan' has a run longer than max_run={self.max_run} or skips the last step")
+        return sorted(plan)
 
     def save_state(self, path: str | os.PathLike) -> None:
-        """Write the bandit state as JSON, atomically (temporary file, then rename)."""
-        atomic_write(path, lambda f: json.dump(self.state_dict(), f), binary=False)
+        """Write the state (calibration table, policy, learned statistics) as JSON, atomically."""
+        atomic_write(path, lambda f: json.dump(self.state_dict(), f, allow_nan=False), binary=False)
 
     def load_state(self, path: str | os.PathLike) -> None:
-        """Load a state written by ``save_state``; a corrupt or mismatched file raises ValueError."""
+        """Load a state written by ``save_state``.
+
+        Raises:
+            ValueError: naming the file, for a corrupt, non-UTF-8 or mismatched file.
+        """
         try:
-            with open(path) as f:
-                state = json.load(f)
+            with open(path, "rb") as f:
+                state = json.loads(f.read().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: corrupt FastFlow state file (not UTF-8 text)") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: corrupt bandit state file ({e})") from None
+            raise ValueError(f"{path}: corrupt FastFlow state file ({e})") from None
         try:
             self.load_state_dict(state)
         except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: malformed bandit state ({type(e).__name__}: {e})") from None
+            raise ValueError(f"{path}: malformed FastFlow state ({type(e).__name__}: {e})") from None
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
-        return (f"FastFlowSampler(steps={self.steps}, arms={self.arms}, mu={self.mu}, order={self.order}, "
-                f"bandit='{self.bandit_kind}')")
+        knob = f"calls={self.calls}" if self.calls is not None else (
+            f"tolerance={self.tolerance}" if self.tolerance is not None else f"mu={self.mu_init}")
+        return f"FastFlowSampler(steps={self.steps}, policy='{self.policy_name}', {knob}, order={self.order})"

@@ -1,0 +1,167 @@
+"""The dimensionless extrapolation error, and the error table of a full run.
+
+Error of an estimate ``v_hat`` of a real velocity ``v`` (both (batch, ...)), one number per
+batch:
+
+    e = ||v_hat - v|| / ||v||          (norms over every element of the batch)
+
+It is the relative RMS error: unlike an MSE it does not change when the model's output is
+rescaled, so one tolerance means the same on a 2-D toy flow and on an image model.
+
+**The error table** of a full Euler run (every step real) on the grid t_0 < ... < t_{T-1}
+records what every possible skip would have cost. For extrapolation order p and runs of at
+most R skips, its shape is ``(T,) + (R + 2,) * p + (R + 2,)`` and
+
+    table[k, g_1, ..., g_p, i] = e(v_hat_{k+i}, v_{k+i})
+
+where v_hat_{k+i} is the order-p polynomial through the real steps k, k - g_1,
+k - g_1 - g_2, ..., k - g_1 - ... - g_p, evaluated at t_{k+i}. So k is the newest real step,
+g_1..g_p are the gaps (in steps) back to the older nodes and i is the lead (steps ahead of
+k). Index 0 of a gap axis is unused, lead 0 has error 0 (no extrapolation); leads 1..R are
+the steps a run of skips can cover and lead R + 1 is the real step that ends the longest
+run. Entries whose nodes fall before step 0 or whose target falls after step T - 1 are
++inf. Time convention: t = 0 is noise, t = 1 is data.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import torch
+
+__all__ = ["relative_error", "lagrange_weights", "table_shape", "TableRecorder", "error_table"]
+
+
+def relative_error(v_hat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """||v_hat - v|| / ||v|| over the whole batch, as a 0-d tensor on v's device (no host sync).
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    if v_hat.shape != v.shape:
+        raise ValueError(f"shapes differ: {tuple(v_hat.shape)} and {tuple(v.shape)}")
+    return (v_hat - v).norm() / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def lagrange_weights(nodes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Weights c_r with sum_r c_r f(nodes_r) = the interpolating polynomial of f at t.
+
+    c_r = prod_{s != r} (t - nodes_s) / (nodes_r - nodes_s). Vectorised over a leading axis:
+    ``nodes`` (E, p + 1) distinct times per row, ``t`` (E,); returns (E, p + 1), float64.
+    Equal to ``newton_extrapolate`` up to rounding (same polynomial).
+    """
+    nodes, t = nodes.to(torch.float64), t.to(torch.float64)
+    diff = nodes[:, :, None] - nodes[:, None, :]                      # (E, p+1, p+1): n_r - n_s
+    eye = torch.eye(nodes.shape[1], dtype=torch.bool)
+    num = torch.where(eye, 1.0, t[:, None, None] - nodes[:, None, :])  # (t - n_s), 1 on the diagonal
+    den = torch.where(eye, 1.0, diff)
+    return (num / den).prod(dim=2)
+
+
+def table_shape(steps: int, order: int, max_run: int) -> tuple[int, ...]:
+    """Shape of the error table: (T, R + 2, ..., R + 2), with p gap axes and one lead axis."""
+    return (steps,) + (max_run + 2,) * order + (max_run + 2,)
+
+
+class TableRecorder:
+    """Builds the error table of one full run, one real step at a time.
+
+    ``add(j, v_j)`` is called for j = 0, 1, ..., T - 1 in order. For each j it computes, in one
+    matrix product over the last few velocities, the error of every table entry that targets
+    step j; the numbers stay on the device until ``table()`` reads them all at once.
+
+    Args:
+        times: the grid t_0..t_{T-1} of the steps (1-D, increasing).
+        order: p.
+        max_run: R.
+    """
+
+    def __init__(self, times: Sequence[float] | torch.Tensor, order: int, max_run: int):
+        self.times = torch.as_tensor(times, dtype=torch.float64)
+        self.steps, self.order, self.max_run = len(self.times), order, max_run
+        self.span = order * (max_run + 1) + max_run + 1         # how far back a node can lie from a target
+        self.entries: list = []                                 # per target j: (index tensor, weights)
+        gaps = list(itertools.product(range(1, max_run + 2), repeat=order))
+        for j in range(self.steps):
+            index, weights = [], []
+            for lead in range(1, max_run + 2):
+                k = j - lead
+                for g in gaps:
+                    nodes = [k - sum(g[:r]) for r in range(order + 1)]
+                    if nodes[-1] < 0:
+                        continue
+                    index.append((k, *g, lead))
+                    weights.append(nodes)
+            if not index:
+                self.entries.append(None)
+                continue
+            nodes = torch.tensor(weights)                              # (E, p+1) step indices
+            c = lagrange_weights(self.times[nodes], self.times[j].expand(len(nodes)))
+            lo = max(j - self.span, 0)
+            w = torch.zeros(len(nodes), j - lo + 1, dtype=torch.float64)  # over steps lo..j
+            w.scatter_add_(1, nodes - lo, c)
+            w[:, -1] -= 1.0                                            # minus the real v_j
+            self.entries.append((torch.tensor(index), w, lo))
+        self.window: list[torch.Tensor] = []
+        self.results: list = []
+        self.euler_eta: list[torch.Tensor] = []
+
+    def add(self, j: int, v: torch.Tensor) -> None:
+        """Record the real velocity at step j (steps must come in order 0, 1, ...)."""
+        if j != len(self.window):
+            raise ValueError(f"steps must be recorded in order: expected step {len(self.window)}, got {j}")
+        flat = v.reshape(-1)
+        self.window.append(flat)
+        if j > 0:  # Euler's local error needs consecutive velocities (see euler_errors)
+            self.euler_eta.append(((flat - self.window[j - 1]).norm() / (2 * flat.norm().clamp_min(1e-30))))
+        if j - self.span - 1 >= 0:
+            self.window[j - self.span - 1] = None  # no longer a node of any entry: free it
+        if self.entries[j] is None:
+            return
+        index, w, lo = self.entries[j]
+        stack = torch.stack(self.window[lo:j + 1])                     # (window, N)
+        resid = w.to(stack) @ stack                                    # (E, N)
+        err = resid.norm(dim=1) / flat.norm().clamp_min(torch.finfo(flat.dtype).tiny)
+        self.results.append((index, err))
+
+    def table(self) -> torch.Tensor:
+        """The error table (float64, on the CPU); +inf where undefined. One host read."""
+        if len(self.window) != self.steps:
+            raise ValueError(f"the run recorded {len(self.window)} of {self.steps} steps")
+        out = torch.full(table_shape(self.steps, self.order, self.max_run), float("inf"), dtype=torch.float64)
+        out[(slice(None),) * (self.order + 1) + (0,)] = 0.0
+        if self.results:
+            index = torch.cat([i for i, _ in self.results])
+            err = torch.cat([e for _, e in self.results]).to(torch.float64).cpu()
+            out[tuple(index.T)] = err
+        return out
+
+    def euler_errors(self) -> torch.Tensor:
+        """(T - 1,) estimates of Euler's local error at steps 0..T-2, in the units of the table.
+
+        Euler's local error at step k is about dt^2 / 2 * |dv/dt|, and dt * |dv/dt| is about
+        |v_{k+1} - v_k|; dividing by dt |v_k| (the table's errors multiply dt |v| too) gives
+        eta_k = |v_{k+1} - v_k| / (2 |v_k|). Computed with the norm of the later step, which
+        is the same to first order.
+        """
+        return torch.stack(self.euler_eta).to(torch.float64).cpu() if self.euler_eta else torch.zeros(0)
+
+
+def error_table(times: Sequence[float] | torch.Tensor, velocities: Sequence[torch.Tensor], order: int = 1,
+                max_run: int = 4) -> torch.Tensor:
+    """Error table (see the module docstring) of a run whose real velocities are all given.
+
+    Args:
+        times: (T,) grid times t_0..t_{T-1}.
+        velocities: T tensors (batch, ...), the real velocities at those times.
+        order, max_run: p and R.
+
+    Raises:
+        ValueError: if the lengths differ.
+    """
+    if len(times) != len(velocities):
+        raise ValueError(f"need one velocity per time, got {len(velocities)} for {len(times)} times")
+    rec = TableRecorder(times, order, max_run)
+    for j, v in enumerate(velocities):
+        rec.add(j, v)
+    return rec.table()

@@ -1,0 +1,221 @@
+"""Skip policies: after real step k, how many of the following steps to extrapolate.
+
+The sampling loop (``FastFlowSampler``) asks ``run_length(k, limit)`` after each real step
+and, at the end of a run, tells the policy what its choices cost: one ``Observation`` per
+decision, the relative error (``fastflow.errors.relative_error``) of the extrapolation from
+the decision's nodes at the real step that ended its run of skips. The policy never sees the
+model or the tensors, and it is updated only after a run has finished, so a run that fails
+leaves it untouched and a run needs no host read before its end.
+
+* ``PlanPolicy``: a fixed skip set, e.g. the optimal plan of ``fastflow.plan_skips``.
+* ``PlanningBanditPolicy``: re-plans after every run from optimistic running estimates of
+  the error table (``fastflow.bandit.ErrorTableUCB``).
+* ``PaperBanditPolicy``: the paper's per-step bandits, one per decision step, rewarded by
+  r = (mu * m - e) / scale; with a call budget, mu is a Lagrange multiplier adapted online.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from .bandit import Bandit, ErrorTableUCB, make_bandit
+from .plan import plan_cost, plan_skips
+
+__all__ = ["Observation", "SkipPolicy", "PlanPolicy", "PlanningBanditPolicy", "PaperBanditPolicy", "runs_after"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """At the real step k + lead that ended a run of lead - 1 skips decided after real step k,
+    whose older nodes lie ``gaps`` steps back, the extrapolation had relative error ``error``."""
+
+    k: int
+    gaps: tuple
+    lead: int
+    error: float
+
+
+def runs_after(steps: int, skip: Iterable[int]) -> dict[int, int]:
+    """For a skip set, the number of skipped steps that follow each real step k (0 omitted)."""
+    skip, runs, k = set(skip), {}, 0
+    for j in range(steps):
+        if j in skip:
+            runs[k] = runs.get(k, 0) + 1
+        else:
+            k = j
+    return runs
+
+
+class SkipPolicy:
+    """Interface. ``observes``: whether the sampler must measure run-end errors for it."""
+
+    name = "base"
+    observes = True
+
+    def run_length(self, k: int, limit: int) -> int:
+        """Number of steps to extrapolate right after real step k, at most ``limit``."""
+        raise NotImplementedError
+
+    def update(self, observations: Sequence[Observation], nfe: int) -> None:
+        """Learn from a finished run (its observations in run order, and its model calls)."""
+
+    def schedule(self) -> list[int]:
+        """The skip set this policy would play now, without exploring (what ``freeze`` keeps)."""
+        raise NotImplementedError
+
+
+class PlanPolicy(SkipPolicy):
+    """Play a fixed skip set on every run; learns nothing."""
+
+    name = "plan"
+    observes = False
+
+    def __init__(self, steps: int, skip: Iterable[int]):
+        self.steps, self.skip = steps, sorted(set(skip))
+        self._runs = runs_after(steps, self.skip)
+
+    def run_length(self, k, limit):
+        return min(self._runs.get(k, 0), limit)
+
+    def schedule(self):
+        return list(self.skip)
+
+
+class PlanningBanditPolicy(SkipPolicy):
+    """Plan for exactly ``calls`` model calls on the optimistic error table, observe, re-plan.
+
+    Every run plays the plan of ``plan_skips`` on ``ErrorTableUCB.estimate()``; its observations
+    update the estimate, and the next plan is computed at the end of the run (one dynamic
+    program per run: about 20 ms for T = 50 on one CPU core). Many plans cost nearly the same,
+    so the policy switches only when the new plan's estimated cost is below (1 - hysteresis)
+    times the current one's on the same estimate; otherwise per-batch noise would make it
+    wander between equivalent plans. Makes exactly ``calls`` model calls on every run.
+    """
+
+    name = "bandit"
+
+    def __init__(self, table: torch.Tensor, steps: int, calls: int, order: int, max_run: int, c: float = 2.0,
+                 hysteresis: float = 0.05):
+        self.steps, self.calls, self.order, self.max_run = steps, calls, order, max_run
+        self.ucb, self.hysteresis = ErrorTableUCB(table, c), hysteresis
+        self.skip: list[int] = []
+        self._replan(force=True)
+
+    def _replan(self, force: bool = False) -> None:
+        est = self.ucb.estimate()
+        new = plan_skips(est, self.steps, self.calls, self.order, self.max_run)
+        if not force and plan_cost(est, self.steps, new, self.order) >= \
+                (1 - self.hysteresis) * plan_cost(est, self.steps, self.skip, self.order):
+            return
+        self.play(new)
+
+    def play(self, skip: list[int]) -> None:
+        """Play ``skip`` from the next run on."""
+        self.skip = list(skip)
+        self._runs = runs_after(self.steps, self.skip)
+
+    def run_length(self, k, limit):
+        return min(self._runs.get(k, 0), limit)
+
+    def update(self, observations, nfe):
+        for o in observations:
+            self.ucb.observe((o.k, *o.gaps), o.lead, o.error)
+        self.ucb.end_run()
+        self._replan()
+
+    def schedule(self):
+        return plan_skips(self.ucb.estimate(optimistic=False), self.steps, self.calls, self.order, self.max_run)
+
+
+class PaperBanditPolicy(SkipPolicy):
+    """The paper's rule: at each real step k (order <= k <= T - 2) bandit k picks an arm m, the
+    number of steps to extrapolate next (runs capped so that step T - 1 is real). At the real
+    step that ends the run, bandit k is paid
+
+        r = (mu * m - e) / scale,        e = ||v_hat - v|| / ||v|| there,
+
+    scale = 1 (the paper's raw reward) or mu * max(arms) (``normalize=True``: the largest skip
+    bonus is 1, the range UCB1's constant c = 2 is made for).
+
+    With ``calls=K`` the reward per skip mu is a Lagrange multiplier for the budget: after each
+    run, log mu += rate * (nfe - K) / (T - K), raising mu while runs make more than K calls
+    and lowering it while they make fewer; stored rewards are shifted to the new mu so the
+    bandits stay consistent (``Bandit.shift_rewards``), and ``scale`` stays at its first value.
+
+    Args:
+        steps: T.
+        arms: candidate run lengths.
+        kind: bandit registry name (``fastflow.bandit.BANDITS``).
+        mu: reward per skipped step, in units of relative error.
+        normalize: divide rewards by mu * max(arms).
+        generator: for randomised bandits.
+        calls: a call budget K for the Lagrange update, or None for a fixed mu.
+        rate: step size of the Lagrange update.
+        **bandit_kwargs: hyperparameters (``c``, ``epsilon``, ``prior_var``).
+    """
+
+    name = "paper"
+
+    def __init__(self, steps: int, arms: Sequence[int], order: int, kind: str, mu: float, normalize: bool = True,
+                 generator: Optional[torch.Generator] = None, calls: Optional[int] = None, rate: float = 0.5,
+                 **bandit_kwargs):
+        if not (math.isfinite(mu) and mu >= 0):
+            raise ValueError(f"mu must be finite and >= 0, got {mu}")
+        self.steps, self.arms, self.order, self.kind = steps, tuple(arms), order, kind
+        self.mu, self.normalize, self.generator = float(mu), normalize, generator
+        self.calls, self.rate = calls, rate
+        scale = self.mu * max(self.arms)
+        self.reward_scale = scale if normalize and scale > 0 else 1.0
+        self.bandits: dict[int, Bandit] = {k: make_bandit(kind, len(self.arms), **bandit_kwargs)
+                                           for k in range(order, steps - 1)}
+
+    def seed(self, table: torch.Tensor) -> None:
+        """One reward per feasible arm of every bandit, from the calibration run's table."""
+        ones = (1,) * self.order
+        for k, b in self.bandits.items():
+            for i, m in enumerate(self.arms):
+                if k + m + 1 <= self.steps - 1:
+                    b.update(i, self.reward(m, float(table[(k, *ones, m + 1)])))
+
+    def reward(self, m: int, error: float) -> float:
+        """r = (mu * m - error) / scale."""
+        return (self.mu * m - error) / self.reward_scale
+
+    def run_length(self, k, limit):
+        if k not in self.bandits:
+            return 0
+        available = [i for i, m in enumerate(self.arms) if m <= limit]
+        if not available:
+            return 0
+        return self.arms[self.bandits[k].select(available, self.generator)]
+
+    def update(self, observations, nfe):
+        for o in observations:
+            m = o.lead - 1
+            self.bandits[o.k].update(self.arms.index(m), self.reward(m, o.error))
+        if self.calls is not None and self.calls < self.steps:
+            self.set_mu(self.mu * math.exp(self.rate * (nfe - self.calls) / (self.steps - self.calls)))
+
+    def set_mu(self, mu: float) -> None:
+        """Change mu, shifting every stored reward as if it had been paid with the new mu."""
+        for b in self.bandits.values():
+            for i, m in enumerate(self.arms):
+                b.shift_rewards(i, (mu - self.mu) * m / self.reward_scale)
+        self.mu = mu
+
+    def schedule(self):
+        """Steps skipped if every bandit pulled its best-mean arm (a static schedule)."""
+        skipped, k = [], 0
+        while k < self.steps:
+            b = self.bandits.get(k)
+            if b is None:
+                k += 1
+                continue
+            avail = [i for i, m in enumerate(self.arms) if k + m + 1 <= self.steps - 1]
+            m = self.arms[max(avail, key=lambda i: (b.mean(i), -i))] if avail else 0
+            skipped.extend(range(k + 1, k + 1 + m))
+            k += m + 1
+        return skipped
