@@ -37,8 +37,11 @@ def build_sampler(name: str, args, refiner=None) -> ff.Sampler:
     if name == "ab2":
         return ff.AdamsBashforthSampler(args.steps, order=2)
     if name == "fastflow":
-        return ff.FastFlowSampler(args.steps, arms=tuple(args.arms), mu=args.mu, order=args.order,
-                                  bandit=args.bandit, generator=torch.Generator().manual_seed(args.seed))
+        paper = args.policy == "paper" or (args.policy is None and (args.mu is not None or args.bandit is not None))
+        kw = dict(arms=tuple(args.arms), mu=args.mu, bandit=args.bandit) if paper else {}
+        return ff.FastFlowSampler(args.steps, calls=args.calls, tolerance=args.tolerance,
+                                  policy="paper" if paper else (args.policy or "plan"), order=args.order,
+                                  generator=torch.Generator().manual_seed(args.seed), **kw)
     if name == "teacache":
         return ff.TeaCacheSampler(args.steps, threshold=args.threshold)
     if name == "taylorseer":
@@ -53,8 +56,10 @@ def build_sampler(name: str, args, refiner=None) -> ff.Sampler:
 
 
 def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, device) -> None:
-    """Let the bandit learn on ``args.warmup`` batches of other noise before measuring."""
-    for i in tqdm(range(args.warmup), desc="bandit warm-up", leave=False, disable=args.quiet):
+    """Calibrate, and let a learning policy learn on ``args.warmup`` batches of other noise before
+    measuring (the plan policy learns nothing after its calibration run: one batch)."""
+    batches = args.warmup if sampler.policy_name != "plan" else min(args.warmup, 0 if sampler.calibrated else 1)
+    for i in tqdm(range(batches), desc="calibration and warm-up", leave=False, disable=args.quiet):
         x0 = make_noise(labels.shape[0], shape, seed=args.seed + 1_000_003 * (i + 1)).to(device)  # other noise
         sampler.sample(velocity, x0, y=labels.to(device), cfg_scale=args.cfg)
 
@@ -119,7 +124,8 @@ def main(args) -> dict:
         if judge is not None:
             row["accuracy"] = judge.accuracy(run.images, labels)
         if isinstance(samplers[name], ff.FastFlowSampler):
-            row["mu"] = samplers[name].mu
+            row.update(policy=samplers[name].policy_name, calls_target=samplers[name].calls_target,
+                       mu=samplers[name].mu)
         if isinstance(samplers[name], ff.FlowTurboSampler):
             row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
         rows.append(row)
@@ -179,12 +185,21 @@ def parse_args(argv=None):
     p.add_argument("--report-json", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
-    g = p.add_argument_group("FastFlow")
-    g.add_argument("--mu", type=float, default=None, help="reward per skipped step (default: calibrate)")
-    g.add_argument("--arms", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    g.add_argument("--order", type=int, default=1)
-    g.add_argument("--bandit", choices=sorted(ff.BANDITS), default="ucb1")
-    g.add_argument("--warmup", type=int, default=10, help="bandit warm-up batches on other noise")
+    g = p.add_argument_group("FastFlow (first batch: a full calibration run on other noise)")
+    g.add_argument("--policy", choices=list(ff.POLICIES), default=None,
+                   help="how skips are chosen: the optimal plan of the calibration run, a planning bandit, or the "
+                        "paper's per-step bandit (default: plan; paper if --mu or --bandit is given)")
+    g.add_argument("--calls", type=int, default=None, help="model calls per run (exclusive with --tolerance)")
+    g.add_argument("--tolerance", type=float, default=None,
+                   help="dimensionless: the skips may add this times Euler-T's own estimated error; fewest calls "
+                        f"that fit (default {ff.DEFAULT_TOLERANCE:g} when --calls is not given)")
+    g.add_argument("--mu", type=float, default=None,
+                   help="paper policy: reward per skipped step, in units of relative velocity error "
+                        "||v_hat - v|| / ||v|| (default: calibrate as max one-step error / T)")
+    g.add_argument("--arms", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="paper policy: run lengths")
+    g.add_argument("--order", type=int, default=1, help="extrapolation order p")
+    g.add_argument("--bandit", choices=sorted(ff.BANDITS), default=None, help="paper policy's bandit (ucb1)")
+    g.add_argument("--warmup", type=int, default=10, help="learning-policy warm-up batches on other noise")
     g.add_argument("--warmup-batch-size", type=int, default=25, help="samples per warm-up batch")
     g.add_argument("--bandit-state", default=None, help="load the bandit from FILE if it exists, save it back")
     g = p.add_argument_group("other samplers")

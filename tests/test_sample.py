@@ -31,9 +31,27 @@ def test_same_seed_same_images_and_class_flag(tmp_path):
     assert np.array_equal(a["images"], b["images"]) and set(a["labels"].tolist()) == {7}
 
 
+@pytest.mark.parametrize("flags, nfe", [(["--calls", "6"], 6), (["--calls", "5", "--policy", "bandit"], 5),
+                                        (["--tolerance", "1e-9"], 12)])
+def test_fastflow_knobs_reach_the_sampler(flags, nfe, tmp_path):
+    report = tmp_path / "r.json"
+    assert cli(["--sampler", "fastflow", "--steps", "12", "--n", "4", "--batch-size", "4", "--quiet", *flags,
+                "--out", str(tmp_path / "g.png"), "--report-json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["nfe"] == nfe and r["calls_target"] == nfe
+
+
+def test_bad_fastflow_knobs_are_one_line_errors(tmp_path, capsys):
+    base = ["--sampler", "fastflow", "--steps", "12", "--n", "4", "--quiet", "--out", str(tmp_path / "g.png")]
+    assert cli([*base, "--calls", "5", "--tolerance", "0.5"]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert cli([*base, "--calls", "2"]) == 1
+    assert "calls must be an int in [3, 12]" in capsys.readouterr().err
+
+
 def test_bandit_state_is_loaded_and_saved_back(tmp_path):
     state = tmp_path / "bandit.json"
-    args = ["--sampler", "fastflow", "--steps", "8", "--n", "4", "--batch-size", "4", "--warmup", "1",
+    args = ["--sampler", "fastflow", "--policy", "paper", "--steps", "8", "--n", "4", "--batch-size", "4", "--warmup", "1",
             "--quiet", "--out", str(tmp_path / "g.png"), "--bandit-state", str(state)]
     assert cli(args) == 0
     first = json.loads(state.read_text())
