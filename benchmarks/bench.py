@@ -48,7 +48,6 @@ class TimedVelocity:
         return out
 
 
-LONG_WARMUP = 5  # times --warmup
 
 
 @dataclass
@@ -71,14 +70,19 @@ def configurations(quick: bool, refiner, mus) -> list[BenchConfig]:
     cfgs += [BenchConfig("ab2", f"AB2-{T}", lambda T=T: ff.AdamsBashforthSampler(T, order=2)) for T in (25, 20, 15, 10)]
     cfgs.append(BenchConfig("static", "Static-50 (every other step)",
                             lambda: ff.ExtrapolatedEulerSampler(50, ff.static_skip_schedule(50))))
+    cfgs.append(BenchConfig("fastflow", "FastFlow-50 default (plan, tolerance 1)", lambda: ff.FastFlowSampler(50)))
+    for K, order in ((20, 1), (16, 1), (14, 2)):
+        cfgs.append(BenchConfig("fastflow", f"FastFlow-50 plan K={K}" + (f" order {order}" if order > 1 else ""),
+                                lambda K=K, order=order: ff.FastFlowSampler(50, calls=K, order=order)))
+    cfgs.append(BenchConfig("fastflow", "FastFlow-50 planning bandit K=16",
+                            lambda: ff.FastFlowSampler(50, calls=16, policy="bandit")))
+    cfgs.append(BenchConfig("fastflow", "FastFlow-50 paper config (calibrated mu)", lambda: ff.FastFlowSampler.paper(50)))
     for mu in mus:
-        name = "calibrated" if mu is None else f"{mu:g}"
-        cfgs.append(BenchConfig("fastflow", f"FastFlow-50 mu={name}", lambda mu=mu: ff.FastFlowSampler(50, mu=mu)))
-    cfgs.append(BenchConfig("fastflow", "FastFlow-50 order 2", lambda: ff.FastFlowSampler(50, order=2)))
-    cfgs.append(BenchConfig("fastflow", "FastFlow-50 Thompson", lambda: ff.FastFlowSampler(
-        50, bandit="thompson", generator=torch.Generator().manual_seed(0))))
-    cfgs.append(BenchConfig("fastflow", f"FastFlow-50 mu=0.01 x{LONG_WARMUP} warm-up",
-                            lambda: ff.FastFlowSampler(50, mu=0.01), warmup_factor=LONG_WARMUP))
+        if mu is not None:
+            cfgs.append(BenchConfig("fastflow", f"FastFlow-50 paper bandit mu={mu:g}",
+                                    lambda mu=mu: ff.FastFlowSampler(50, mu=mu)))
+    cfgs.append(BenchConfig("fastflow", "FastFlow-50 paper bandit Thompson", lambda: ff.FastFlowSampler(
+        50, policy="paper", bandit="thompson", generator=torch.Generator().manual_seed(0))))
     cfgs += [BenchConfig("teacache", f"TeaCache-50 d={d:g}", lambda d=d: ff.TeaCacheSampler(50, threshold=d))
              for d in (0.05, 0.1, 0.2)]
     cfgs += [BenchConfig("taylorseer", f"TaylorSeer-50 N={k}", lambda k=k: ff.TaylorSeerSampler(50, interval=k))
@@ -271,7 +275,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=20, help="FastFlow bandit warm-up batches")
     p.add_argument("--warmup-batch-size", type=int, default=25, help="samples per warm-up batch")
-    p.add_argument("--mu", type=float, nargs="*", default=[1e-3, 3e-3, 1e-2, 3e-2], help="extra FastFlow mu values")
+    p.add_argument("--mu", type=float, nargs="*", default=[0.01, 0.03],
+                   help="paper-bandit mu values (reward per skip, in units of relative velocity error)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="one configuration per family (smoke test)")

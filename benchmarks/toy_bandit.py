@@ -41,7 +41,7 @@ def tv_from_uniform(decisions, arms, steps):
 
 def run(setting, args):
     flow, T = mixture(), 50
-    sampler = ff.FastFlowSampler(T, generator=torch.Generator().manual_seed(args.seed), **setting)
+    sampler = ff.FastFlowSampler(T, policy="paper", generator=torch.Generator().manual_seed(args.seed), **setting)
     decisions = []
     for i in range(args.warmup):
         x0 = torch.randn(args.batch, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1000 + i))
