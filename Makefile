@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: install demo test bench bench-smoke clean
+.PHONY: install bench-deps demo test bench bench-smoke clean
 
 install: $(VENV)/.installed
 
@@ -20,8 +20,15 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-bench: install
+bench-deps: install
+	$(VENV)/bin/pip install -q --no-deps -r requirements-bench.txt  # torch comes from requirements.txt
+
+bench: bench-deps
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/policies.py --timing
+
+bench-smoke: install
+	$(PY) -m pytest tests/test_bench.py tests/test_policies_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

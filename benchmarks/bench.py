@@ -111,7 +111,7 @@ def configurations(quick: bool, refiner, mus) -> list[BenchConfig]:
     return cfgs
 
 
-def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, reference):
+def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, reference, exact=None):
     sampler = cfg.make()
     extras = {"cfg_scale": args.cfg}
     if isinstance(sampler, ff.FastFlowSampler):  # learn on other noise first, as a user would
@@ -126,6 +126,8 @@ def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, referen
         row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
     if reference is not None:
         row["psnr"], row["ssim"] = fidelity(run.images, reference)
+    if exact is not None:
+        row["psnr_vs_exact"] = fidelity(run.images, exact)[0]
     if isinstance(sampler, ff.FastFlowSampler):
         row["mu"] = sampler.mu
         if reference is not None:  # plain Euler with FastFlow's (rounded) NFE, same noise
@@ -220,8 +222,13 @@ def main(args):
     mus = [None] + args.mu
     rows, samplers, reference = [], [], None
     cfgs = configurations(args.quick, refiner, mus)
+    exact = None
+    if args.exact_steps:  # a converged solution of the model's ODE from the same noise (see --exact-steps)
+        exact = run_batched(ff.HeunSampler(args.exact_steps, correct_last=False), velocity, x0, labels,
+                            args.batch_size, device, lambda it: tqdm(it, desc="exact solution"),
+                            cfg_scale=args.cfg).images
     for cfg in tqdm(cfgs, desc="samplers"):
-        row, images, sampler = measure(cfg, velocity, x0, labels, args, device, judge, reference)
+        row, images, sampler = measure(cfg, velocity, x0, labels, args, device, judge, reference, exact)
         if cfg.label == "Euler-50":
             reference = images
             row["psnr"], row["ssim"] = None, 1.0  # the reference itself
@@ -254,11 +261,12 @@ def main(args):
 def print_table(rows, machine):
     print(f"machine: {machine}")
     print(f"{'sampler':32s} {'NFE':>6s} {'s/batch':>8s} {'speedup':>7s} {'ovh%':>5s} {'PSNR':>6s} {'SSIM':>6s} "
-          f"{'acc':>6s} {'FD':>7s}")
+          f"{'exact':>6s} {'acc':>6s} {'FD':>7s}")
     for r in rows:
         f = lambda k, s: format(r[k], s) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
         print(f"{r['label']:32s} {r['nfe']:6.1f} {r['seconds_per_batch']:8.3f} {r['speedup']:7.2f} "
-              f"{100 * r['overhead_share']:5.1f} {f('psnr', '6.2f')} {f('ssim', '6.4f')} {f('accuracy', '6.3f')} "
+              f"{100 * r['overhead_share']:5.1f} {f('psnr', '6.2f')} {f('ssim', '6.4f')} {f('psnr_vs_exact', '6.2f')} "
+              f"{f('accuracy', '6.3f')} "
               f"{f('fid_features', '7.2f')}")
 
 
@@ -277,7 +285,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup-batch-size", type=int, default=25, help="samples per warm-up batch")
     p.add_argument("--mu", type=float, nargs="*", default=[0.01, 0.03],
                    help="paper-bandit mu values (reward per skip, in units of relative velocity error)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--exact-steps", type=int, default=400,
+                   help="steps of the Heun (Euler last step) solution every row is also compared with; 0: none "
+                        "(benchmarks/policies.py shows it converged: 200 steps are 3.4e-4 relative L2 from 400)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="one configuration per family (smoke test)")
     p.add_argument("--out-json", default="results/bench.json")

@@ -22,6 +22,7 @@ Writes results/policies.json and results/policies.png.
 
     python benchmarks/policies.py                     # all three models (about 15 minutes on 2 CPU cores)
     python benchmarks/policies.py --models toy --quick
+    python benchmarks/policies.py --models peer --update   # add one model to results/policies.json
 """
 from __future__ import annotations
 
@@ -202,9 +203,12 @@ def timing(args):
                 psnr[name] = res
     ref = psnr["Euler-50"].x.clamp(-1, 1)
     base = statistics.median(times["Euler-50"])
+    from evaluation import Judge
+    judge = Judge()
     return {name: {"seconds": statistics.median(t), "speedup": base / statistics.median(t),
                    "calls": psnr[name].nfe, "psnr": (fidelity(psnr[name].x.clamp(-1, 1), ref)[0]
-                                                    if name != "Euler-50" else None), "runs": t}
+                                                    if name != "Euler-50" else None),
+                   "accuracy": judge.accuracy(psnr[name].x.clamp(-1, 1), yb), "runs": t}
             for name, t in times.items()}
 
 
@@ -275,11 +279,20 @@ def main(args):
         result["timing"] = timing(args)
         for name, t in result["timing"].items():
             print(f"{name:32s} calls {t['calls']:3d}  {t['seconds']:.3f} s  speedup {t['speedup']:.2f}x  "
-                  f"PSNR {t['psnr'] if t['psnr'] is None else round(t['psnr'], 2)}")
+                  f"PSNR {t['psnr'] if t['psnr'] is None else round(t['psnr'], 2)}  accuracy {t['accuracy']:.2f}")
+    if args.update and os.path.exists(args.out_json):  # keep the other models' (and timing) results
+        with open(args.out_json) as f:
+            old = json.load(f)
+        ran = {m["model"] for m in result["models"]}
+        result["models"] = [m for m in old.get("models", []) if m["model"] not in ran] + result["models"]
+        if "timing" not in result and "timing" in old:
+            result["timing"] = old["timing"]
+        result["runs"] = old.get("runs", [old.get("args")]) + [vars(args)]
     os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
     with open(args.out_json, "w") as f:
         json.dump(result, f, indent=1, allow_nan=False)
-    plot(result, args.out_plot)
+    if result["models"]:
+        plot(result, args.out_plot)
     print(f"wrote {args.out_json} and {args.out_plot}")
     return result
 
@@ -299,8 +312,8 @@ def print_table(m):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", choices=["toy", "dit", "peer"], default=["toy", "dit", "peer"],
-                   help="models to evaluate (default: all three)")
+    p.add_argument("--models", nargs="*", choices=["toy", "dit", "peer"], default=["toy", "dit", "peer"],
+                   help="models to evaluate (default: all three; none with --timing to time only)")
     p.add_argument("--budgets", type=int, nargs="+", default=[12, 14, 16, 20, 25], help="call budgets K")
     p.add_argument("--order", type=int, default=1, help="extrapolation order of the plan and planning bandit")
     p.add_argument("--warmup", type=int, default=30, help="batches the bandits learn on after calibration")
@@ -308,6 +321,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    p.add_argument("--update", action="store_true",
+                   help="merge into an existing --out-json: replace the models run now, keep the others")
     p.add_argument("--out-json", default="results/policies.json")
     p.add_argument("--out-plot", default="results/policies.png")
     return p.parse_args(argv)

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmark_writes_well_formed_json_and_plot(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "pareto.png"
     args = parse_args(["--n", "4", "--batch-size", "4", "--repeats", "1", "--warmup", "1", "--warmup-batch-size", "4", "--quick",
-                       "--mu", "0.01", "--out-json", str(out_json), "--out-plot", str(out_png)])
+                       "--mu", "0.01", "--exact-steps", "4", "--out-json", str(out_json), "--out-plot", str(out_png)])
     main(args)
     result = json.loads(out_json.read_text())  # strict JSON: no NaN or Infinity
     assert {"machine", "args", "rows", "targets"} <= set(result)
@@ -23,6 +23,7 @@ def test_benchmark_writes_well_formed_json_and_plot(tmp_path):
     for r in result["rows"]:
         assert r["seconds_per_batch"] > 0 and 0 <= r["overhead_share"] < 1
         assert 0 <= r["accuracy"] <= 1 and r["fid_features"] >= 0
+        assert r["psnr_vs_exact"] > 0
         if r["label"] != "Euler-50":
             assert r["psnr"] > 0 and -1 <= r["ssim"] <= 1
     assert rows["Static-50 (every other step)"]["nfe"] == 26

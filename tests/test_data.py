@@ -24,7 +24,8 @@ def as_uint8(x: torch.Tensor) -> np.ndarray:
 def write_idx(path, array: np.ndarray, compress=True):
     magic = {3: 2051, 1: 2049}[array.ndim]
     header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    (gzip.open if compress else open)(path, "wb").write(header + array.astype(np.uint8).tobytes())
+    with (gzip.open if compress else open)(path, "wb") as f:  # closed (flushed) before anyone reads it
+        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def fake_mnist(root, prefix="train", n=5, compress=True):
