@@ -6,7 +6,8 @@ against Euler-50 and classifier accuracy.
 
     python sample.py                                   # Euler-50 vs FastFlow, 100 digits
     python sample.py --sampler heun --steps 10 --n 64 --cfg 2 --out-npz s.npz
-    python sample.py --sampler fastflow --bandit-state bandit.json --report-json r.json
+    python sample.py --sampler fastflow --calls 14 --order 2          # the optimal plan for 14 model calls
+    python sample.py --sampler fastflow --policy bandit --bandit-state state.json --report-json r.json
 
 Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
 """
