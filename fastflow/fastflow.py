@@ -196,7 +196,8 @@ class FastFlowSampler(EulerSampler):
     ``SampleResult.info`` keys: ``policy``, ``calibration_run`` (bool), ``calls_target`` (K,
     None before calibration), ``decisions`` ((k, m) pairs: m steps extrapolated after real
     step k), ``mu`` (paper policy), ``host_reads`` (device-to-host reads made by the
-    sampler's own bookkeeping in this run: 0 or 1).
+    sampler's bookkeeping in this run: the finiteness check's one read, plus one for the calibration table
+    or a learning policy's errors; the plan policy adds none).
     """
 
     def __init__(self, steps: int, calls: Optional[int] = None, tolerance: Optional[float] = None,

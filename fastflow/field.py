@@ -25,8 +25,10 @@ class VelocityField:
     Time convention: t = 0 is noise, t = 1 is data; ``t`` is handed to the model as a
     tensor of shape (batch,) with the dtype and device of ``x``.
 
-    Every call is checked: the output must have the shape of ``x`` and be finite
-    (``check=False`` skips the finiteness test, which costs one device sync per call).
+    Every call is checked: the output must have the shape of ``x`` (a host-side check, no sync)
+    and be finite. Finiteness is recorded as an on-device flag per call and read once, by
+    ``verify()`` at the end of the run, so the sampling loop never waits on the device for it;
+    ``check=False`` skips it.
     """
 
     def __init__(self, velocity: Velocity, x_init: torch.Tensor, steps: int,
@@ -43,6 +45,8 @@ class VelocityField:
         self.check = check
         self.nfe = 0
         self.skipped: list[int] = []
+        self._finite: list[torch.Tensor] = []   # one 0-d bool per call, read by verify()
+        self._times: list[float] = []
 
     def t(self, k: int) -> float:
         """Time of grid point k."""
@@ -57,9 +61,25 @@ class VelocityField:
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"velocity returned {got}, expected a tensor of shape {tuple(x.shape)} "
                              f"(call {self.nfe}, t={t:.4f})")
-        if self.check and not torch.isfinite(v).all():
-            raise ValueError(f"velocity returned non-finite values (call {self.nfe}, t={t:.4f})")
+        if self.check:
+            self._finite.append(torch.isfinite(v).all())
+            self._times.append(t)
         return v
+
+    def verify(self) -> int:
+        """Read the finiteness flags of every call at once (one device-to-host read); returns the
+        number of reads made (0 or 1).
+
+        Raises:
+            ValueError: naming the first call (and its time) whose output was not finite.
+        """
+        if not self._finite:
+            return 0
+        flags = torch.stack(self._finite).tolist()
+        if not all(flags):
+            first = flags.index(False)
+            raise ValueError(f"velocity returned non-finite values (call {first + 1}, t={self._times[first]:.4f})")
+        return 1
 
     def at(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Evaluate the model at grid point k."""

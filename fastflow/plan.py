@@ -20,6 +20,7 @@ order fills F, minimising over the dropped gap g_p. Cost: T (R + 1) vectorised u
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -54,7 +55,7 @@ def _check(errors: torch.Tensor, steps: int, order: int, max_run: int) -> torch.
                          f"length >= max_run + 2 = {max_run + 2} (expected {table_shape(steps, order, max_run)})")
     cut = (slice(None),) + (slice(0, max_run + 2),) * (order + 1)
     errors = errors[cut].to(torch.float64).cpu()
-    if torch.isnan(errors).any() or (errors < 0).any():
+    if int(torch.isnan(errors).sum()) or int((errors < 0).sum()):
         raise ValueError("error table has NaN or negative entries")
     return errors
 
@@ -108,7 +109,7 @@ def plan_skips(errors: torch.Tensor, steps: int, calls: int, order: int = 1, max
     F, arg = _forward(errors, steps, order, max_run, calls)
     last = F[steps - 1, ..., calls]                                       # (G,)*p
     flat = int(torch.argmin(last.reshape(-1)))
-    if not torch.isfinite(last.reshape(-1)[flat]):
+    if not math.isfinite(float(last.reshape(-1)[flat])):
         raise ValueError(f"no plan with {calls} calls has a finite planned error")
     gaps = list(torch.unravel_index(torch.tensor(flat), last.shape))
     gaps = [int(g) for g in gaps]

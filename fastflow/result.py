@@ -19,7 +19,8 @@ class SampleResult:
         skipped: sorted step indices k whose velocity was not evaluated but
             extrapolated or reused (Euler-type samplers only).
         trace: states x_0, ..., x_T if the run was asked to record them.
-        info: sampler-specific extras (bandit decisions, refiner calls, ...).
+        info: sampler-specific extras (bandit decisions, refiner calls, ...); every sampler reports
+            ``host_reads``, the device-to-host reads its own bookkeeping made during the run.
     """
 
     x: torch.Tensor

@@ -39,7 +39,8 @@ class Sampler:
             velocity: callable ``velocity(x=x, t=t, **extras) -> v`` with v shaped like x.
             x_init: noise at t = 0, shape (batch, ...).
             trace: keep every state x_0..x_T in ``result.trace``.
-            check: verify that every model output is finite.
+            check: verify that every model output is finite (one device read at the end of the run;
+                a non-finite output raises ValueError naming the first bad call and its time).
             **extras: passed to every ``velocity`` call.
 
         Returns:
@@ -55,7 +56,9 @@ class Sampler:
                 x = self.step(field, state, k, x)
                 if states is not None:
                     states.append(x)
+        reads = field.verify()  # before finish: a learning sampler must not learn from a failed run
         info = self.finish(field, state)
+        info["host_reads"] = info.get("host_reads", 0) + reads
         return SampleResult(x=x, nfe=field.nfe, skipped=sorted(field.skipped), trace=states, info=info)
 
     def start(self, field: VelocityField) -> Any:
