@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_benchmark_writes_well_formed_json_and_plot(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "pareto.png"
-    args = parse_args(["--n", "4", "--batch-size", "4", "--repeats", "1", "--warmup", "1", "--warmup-batch-size", "4", "--quick",
+    args = parse_args(["--device", "cpu", "--n", "4", "--batch-size", "4", "--repeats", "1", "--warmup", "1", "--warmup-batch-size", "4", "--quick",
                        "--mu", "0.01", "--exact-steps", "4", "--out-json", str(out_json), "--out-plot", str(out_png)])
     main(args)
     result = json.loads(out_json.read_text())  # strict JSON: no NaN or Infinity
