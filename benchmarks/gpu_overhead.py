@@ -1,0 +1,133 @@
+"""How much of a sampling run is spent outside the model: Euler-50 against FastFlow.
+
+For each workload (the shipped MNIST DiT at batch 100; randomly initialised DiT-CIFAR-S at batch
+128 and DiT-IN64-B at batch 64, timing only) and each sampler it reports the wall time of one
+batch (median of --repeats runs after a warm-up run), the number of model calls, and the share
+of wall time spent outside the model. The model time is measured by events recorded around
+every call on the device (CUDA events on a GPU, the host clock after a sync on a CPU), read at
+the end of the run, so measuring does not add host syncs inside the loop on a GPU.
+
+    python benchmarks/gpu_overhead.py                          # on a GPU machine: all three workloads
+    python benchmarks/gpu_overhead.py --workloads mnist --device cpu
+
+Writes results/gpu_overhead_<device>.json with the machine named.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fastflow as ff  # noqa: E402
+from evaluation import DEFAULT_CKPT, balanced_labels, machine_info, make_noise, sync  # noqa: E402
+
+WORKLOADS = {"mnist": ("DiT-MNIST-S", 100), "cifar": ("DiT-CIFAR-S", 128), "in64": ("DiT-IN64-B", 64)}
+
+
+class ModelClock:
+    """Wraps a velocity; records the time spent in each call without reading it during the run."""
+
+    def __init__(self, fn, device: torch.device):
+        self.fn, self.device, self.pairs, self.seconds = fn, device, [], 0.0
+
+    def __call__(self, **kwargs):
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.fn(**kwargs)
+            end.record()
+            self.pairs.append((start, end))
+            return out
+        begin = time.perf_counter()
+        out = self.fn(**kwargs)
+        self.seconds += time.perf_counter() - begin
+        return out
+
+    def total(self) -> float:
+        """Seconds inside the model so far (synchronises the device once)."""
+        sync(self.device)
+        return self.seconds + sum(s.elapsed_time(e) for s, e in self.pairs) / 1e3
+
+
+def build(workload: str, device: torch.device):
+    from models.checkpoint import load_model
+    from models.dit import build_dit
+    name, batch = WORKLOADS[workload]
+    if workload == "mnist":
+        model, config, _ = load_model(DEFAULT_CKPT, device=device)
+    else:  # timing only: random weights of the right size
+        model = build_dit(name).to(device).eval()
+        config = model.config
+    shape = (config.in_channels, config.image_size, config.image_size)
+    return model, shape, config.num_classes, batch
+
+
+def measure(workload: str, args, device: torch.device) -> dict:
+    model, shape, classes, batch = build(workload, device)
+    x = make_noise(batch, shape, 0).to(device)
+    y = balanced_labels(batch, classes).to(device)
+    calib = make_noise(batch, shape, 1).to(device)
+    fast = ff.FastFlowSampler(50, calls=args.calls)
+    with torch.no_grad():
+        fast.sample(model.forward_with_cfg, calib, y=y, cfg_scale=1.0)  # calibration run, untimed
+    out = {}
+    for label, sampler in (("Euler-50", ff.EulerSampler(50)), (f"FastFlow-50 plan K={args.calls}", fast),
+                           (f"FastFlow-50 plan K={args.calls} frozen", fast.freeze())):
+        walls, shares, calls = [], [], 0
+        for rep in range(args.repeats + 1):
+            clock = ModelClock(model.forward_with_cfg, device)
+            sync(device)
+            begin = time.perf_counter()
+            res = sampler.sample(clock, x, y=y, cfg_scale=1.0)
+            sync(device)
+            wall = time.perf_counter() - begin
+            if rep > 0:
+                walls.append(wall)
+                shares.append(max(wall - clock.total(), 0.0) / wall)
+            calls = res.nfe
+        out[label] = {"calls": calls, "seconds": statistics.median(walls), "outside_model": statistics.median(shares)}
+    return {"workload": workload, "model": WORKLOADS[workload][0], "batch": batch, "samplers": out}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["mnist", "cifar", "in64"],
+                   help="which models to time (default: all three)")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: cuda if available)")
+    p.add_argument("--calls", type=int, default=16, help="FastFlow's call budget (default: 16)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per sampler after one warm-up (default: 5)")
+    p.add_argument("--out-json", default=None, help="default: results/gpu_overhead_<device type>.json")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print("gpu_overhead.py: error: CUDA requested but not available", file=sys.stderr)
+            return 1
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    result = {"machine": machine_info(device), "args": vars(args),
+              "rows": [measure(w, args, device) for w in args.workloads]}
+    for r in result["rows"]:
+        for label, s in r["samplers"].items():
+            print(f"{r['model']:12s} batch {r['batch']:3d} {label:32s} calls {s['calls']:3d} {s['seconds']:8.4f} s "
+                  f"outside model {100 * s['outside_model']:5.1f}%")
+    path = args.out_json or os.path.join("results", f"gpu_overhead_{device.type}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
