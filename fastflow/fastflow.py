@@ -13,7 +13,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 
