@@ -17,6 +17,7 @@ uninterrupted one.
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -31,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from data import DATASETS, build_dataset
+from data import DATASETS, ImageTensorDataset, build_dataset, to_unit_range
 from models import DIT_CONFIGS, DiT
 from models.checkpoint import FULL_KEYS, load_checkpoint, save_checkpoint
 
@@ -76,6 +77,58 @@ class StepBatchSampler(Sampler):
             yield order[b * self.batch_size:(b + 1) * self.batch_size]
 
 
+class DeviceBatches:
+    """The batches of a StepBatchSampler, drawn from an in-memory dataset kept whole on `device`.
+
+    Same indices, order and values as ``DataLoader(dataset, batch_sampler=batches)`` (tested), so
+    resuming stays exact; but the uint8 images (N, C, H, W) live on the device and step k costs one
+    index copy and one gather + uint8 -> [-1, 1] conversion there, with no per-item Python work,
+    no collation and no host-to-device image copy. Yields ((B, C, H, W) float32, (B,) int64).
+    """
+
+    def __init__(self, dataset: ImageTensorDataset, batches: Sampler, device: torch.device):
+        self.images, self.labels = dataset.images.to(device), dataset.labels.to(device)
+        self.image_size, self.batches, self.device = dataset.image_size, batches, device
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for idx in self.batches:
+            i = torch.as_tensor(idx, dtype=torch.long).to(self.device, non_blocking=True)
+            yield to_unit_range(self.images[i], self.image_size), self.labels[i]
+
+
+def keep_data_on_device(dataset, device: torch.device, choice: str) -> bool:
+    """Whether to use DeviceBatches: "yes", "no", or "auto" = an in-memory dataset (MNIST, CIFAR-10,
+    one ImageNet-64 batch file) whose images take at most a quarter of the device's memory."""
+    in_memory = isinstance(dataset, ImageTensorDataset)
+    if choice == "no":
+        return False
+    if choice == "yes":
+        if not in_memory:
+            raise ValueError(f"--data-on-device yes needs an in-memory dataset, got {type(dataset).__name__}; "
+                             "use --data-on-device no (folder and multi-file ImageNet data stream through workers)")
+        return True
+    if not in_memory:
+        return False
+    if device.type == "cuda":
+        return dataset.images.nbytes <= torch.cuda.get_device_properties(device).total_memory // 4
+    return True
+
+
+def choose_precision(choice: str, device: torch.device, n_params: int) -> str:
+    """"fp32" or "bf16". "auto": bf16 autocast on CUDA for models of 10M parameters or more, else fp32.
+
+    The threshold follows H100 timings of a bare optimisation step: DiT-MNIST-S (1.3M params) 8.1 ms
+    in fp32 and 13.6 ms in bf16 (launch-bound, autocast adds casts); DiT-CIFAR-S (32M) 142 ms in fp32
+    without TF32 and 46 ms in bf16; DiT-IN64-B (130M) 223 ms and 53 ms. fp32 on CUDA uses TF32 matmuls.
+    """
+    if choice != "auto":
+        return choice
+    return "bf16" if device.type == "cuda" and n_params >= 10_000_000 else "fp32"
+
+
 def sample_t(n: int, kind: str, generator: torch.Generator) -> torch.Tensor:
     """Training times, (n,) in (0, 1): uniform, or logit-normal t = sigmoid(z), z ~ N(0, 1) (SD3)."""
     if kind == "uniform":
@@ -98,9 +151,8 @@ def rectified_flow_loss(model, x1, y, t, noise, drop):
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
+    """ema <- decay * ema + (1 - decay) * model, all parameters in one foreach call (few launches)."""
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
 
 
 def optimizer_step(opt, model: torch.nn.Module, ema: torch.nn.Module, loss: torch.Tensor, step: int,
@@ -180,7 +232,14 @@ def parse_args(argv=None):
     p.add_argument("--export", default=None, help="write a slim EMA-only checkpoint here at the end")
     p.add_argument("--export-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per rank (0 = cores / ranks)")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=-1,
+                   help="DataLoader workers when the data is not on the device (-1 = auto: up to 8 on CUDA, "
+                        "0 on the CPU, whose cores do the training)")
+    p.add_argument("--data-on-device", choices=["auto", "yes", "no"], default="auto",
+                   help="keep an in-memory dataset (MNIST, CIFAR-10) whole on the device and draw batches there "
+                        "(auto: yes when it takes at most a quarter of the device memory)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on CUDA for models of 10M+ parameters, else fp32 (TF32 on CUDA)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -210,7 +269,12 @@ def main(args):
     torch.manual_seed(args.seed)  # same initial weights on every rank
     model = DiT(config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    n_params = sum(p.numel() for p in model.parameters())
+    precision = choose_precision(args.precision, device, n_params)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                            fused=True if device.type == "cuda" else None)
 
     start_step, elapsed_before = 0, 0.0
     last_path = os.path.join(args.out_dir, "last.pt")
@@ -228,23 +292,31 @@ def main(args):
     ddp_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if world_size > 1 else model
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
-    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(sampler, local_batch, start_step, args.steps),
-                        num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    batches = StepBatchSampler(sampler, local_batch, start_step, args.steps)
+    on_device = keep_data_on_device(dataset, device, args.data_on_device)
+    if on_device:
+        loader, workers = DeviceBatches(dataset, batches, device), 0
+    else:
+        workers = args.num_workers if args.num_workers >= 0 else (
+            min(8, max(1, (os.cpu_count() or 1) // world_size - 1)) if device.type == "cuda" else 0)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                            persistent_workers=workers > 0)
     if is_main:
         os.makedirs(args.out_dir, exist_ok=True)
-        n_params = sum(p.numel() for p in model.parameters())
+        feed = f"data on {device}" if on_device else f"DataLoader with {workers} worker(s)"
         print(f"{args.model}: {n_params / 1e6:.2f}M params, {asdict(config)}; data {asdict(info)}; "
-              f"{world_size} rank(s) on {device}, {torch.get_num_threads()} threads")
+              f"{world_size} rank(s) on {device}, {torch.get_num_threads()} threads, {precision}, {feed}")
 
     def checkpoint(step, elapsed):
         save_checkpoint(last_path, model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
                         step=step, config=asdict(config), args=vars(args), data=asdict(info), elapsed_s=elapsed)
 
     grid_labels = torch.arange(min(info.num_classes, 10)).repeat(8)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     model.train()
-    t0, loss_sum, loss_n, last_loss = time.time(), 0.0, 0, float("nan")
+    # The loss stays on the device between log steps: reading it every step would stop the host
+    # from queueing the next step's kernels. clock: (step, seconds since t0) at each log read.
+    t0, loss_sum, loss_n, last_loss, clock = time.time(), torch.zeros((), device=device), 0, float("nan"), []
     bar = tqdm(total=args.steps, initial=start_step, disable=not is_main or args.no_progress, mininterval=2.0)
     step = start_step
     for x1, y in loader:
@@ -259,15 +331,16 @@ def main(args):
         lr = optimizer_step(opt, model, ema, loss, step, args)
         step += 1
 
-        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        loss_sum, loss_n = loss_sum + loss.detach().float(), loss_n + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
         if step % args.log_every == 0 or step == args.steps:
-            mean = torch.tensor([loss_sum / loss_n], device=device)
+            mean = (loss_sum / loss_n).reshape(1)
             if world_size > 1:
                 dist.all_reduce(mean)
                 mean /= world_size
-            last_loss, loss_sum, loss_n = mean.item(), 0.0, 0
+            last_loss, loss_sum, loss_n = mean.item(), torch.zeros((), device=device), 0
+            clock.append((step, time.time() - t0))
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.1e}")
             if is_main:
                 record = dict(step=step, loss=last_loss, lr=lr, elapsed_s=elapsed_before + time.time() - t0)
                 with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
@@ -292,7 +365,8 @@ def main(args):
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return dict(step=step, loss=last_loss, elapsed_s=elapsed, model=model, ema=ema)
+    return dict(step=step, loss=last_loss, elapsed_s=elapsed, model=model, ema=ema, clock=clock,
+                precision=precision, data_on_device=on_device)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,41 @@ def test_ddp_torchrun_two_ranks(mnist_root, tmp_path):
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt", required=FULL_KEYS)
     assert ckpt["step"] == 3 and ckpt["config"]["hidden_size"] == 64
     assert sorted(os.listdir(tmp_path / "ddp")) == ["last.pt", "log.jsonl", "samples"]  # rank 0 wrote once
+
+
+def test_device_batches_equal_the_data_loader_batches(mnist_root):
+    """The device-resident path draws the same indices and values as the DataLoader, resized too."""
+    from torch.utils.data import DataLoader
+
+    from data import build_dataset
+    for size in (None, 16):
+        dataset, _ = build_dataset("mnist", str(mnist_root), train=True, image_size=size)
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=1, drop_last=True)
+        loader = list(DataLoader(dataset, batch_sampler=train.StepBatchSampler(sampler, 8, 3, 20)))
+        device = list(train.DeviceBatches(dataset, train.StepBatchSampler(sampler, 8, 3, 20), torch.device("cpu")))
+        assert len(loader) == len(device) == 17
+        for (xa, ya), (xb, yb) in zip(loader, device):
+            assert xb.shape == (8, 1, size or 28, size or 28) and xb.dtype == torch.float32
+            torch.testing.assert_close(xa, xb, rtol=0, atol=1e-6)
+            assert torch.equal(ya, yb)
+
+
+def test_data_on_device_trains_the_same_weights_as_the_loader(mnist_root, tmp_path):
+    a = train.main(tiny_args(mnist_root, tmp_path / "a", 6, "--data-on-device", "yes"))
+    b = train.main(tiny_args(mnist_root, tmp_path / "b", 6, "--data-on-device", "no", "--num-workers", "0"))
+    assert a["data_on_device"] and not b["data_on_device"] and a["precision"] == b["precision"] == "fp32"
+    for name, p in a["ema"].state_dict().items():
+        torch.testing.assert_close(p, b["ema"].state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert [s for s, _ in a["clock"]] == list(range(1, 7))  # one host read of the loss per log step
+
+
+def test_precision_and_data_placement_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train.choose_precision("auto", cpu, 10**9) == "fp32"
+    assert train.choose_precision("auto", cuda, 1_300_000) == "fp32"
+    assert train.choose_precision("auto", cuda, 32_000_000) == "bf16"
+    assert train.choose_precision("fp32", cuda, 10**9) == "fp32"
+    folder = torch.utils.data.TensorDataset(torch.zeros(2))
+    assert not train.keep_data_on_device(folder, cpu, "auto")
+    with pytest.raises(ValueError, match="in-memory"):
+        train.keep_data_on_device(folder, cpu, "yes")
