@@ -2,9 +2,10 @@
 
 Time convention everywhere: t in [0, 1], t = 0 is noise, t = 1 is data,
 x_t = (1 - t) * noise + t * data, v = data - noise, and samplers integrate
-dx/dt = v(x, t) from 0 to 1 on the uniform grid t_k = k / T.
+dx/dt = v(x, t) from 0 to 1 on the uniform grid t_k = k / T (``steps=T``) or on any
+increasing grid from 0 to 1 (``times=``, see ``fastflow.grids``).
 """
-from . import metrics, toy
+from . import grids, metrics, toy
 from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .bandit import BANDITS, EpsilonGreedy, ErrorTableUCB, GaussianThompson, UCB1, make_bandit
 from .extrapolate import History, newton_extrapolate
@@ -32,5 +33,5 @@ __all__ = [
     "TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule",
     "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "ErrorTableUCB", "SAMPLERS", "toy",
     "metrics", "plan_skips", "planned_costs", "plan_cost", "min_calls", "error_table", "relative_error",
-    "TableRecorder", "PlanPolicy", "PlanningBanditPolicy", "PaperBanditPolicy", "POLICIES", "DEFAULT_TOLERANCE", "DEFAULT_MAX_RUN",
+    "TableRecorder", "grids", "PlanPolicy", "PlanningBanditPolicy", "PaperBanditPolicy", "POLICIES", "DEFAULT_TOLERANCE", "DEFAULT_MAX_RUN",
 ]

@@ -1,7 +1,7 @@
 """Two caching baselines from the diffusion-acceleration literature, as Euler skip rules.
 
 Both plug into ``EulerSampler.velocity`` like FastFlow does, so they share its loop,
-its NFE accounting and its time convention (t = 0 noise, t = 1 data, t_k = k / T).
+its NFE accounting, its grids and its time convention (t = 0 noise, t = 1 data).
 
 * TeaCache-style (Liu et al., 2024): reuse the last computed velocity while the
   accumulated relative L1 change of the model input since that computation,
@@ -14,6 +14,8 @@ its NFE accounting and its time convention (t = 0 noise, t = 1 data, t_k = k / T
   through the last three computed velocities (lower orders while fewer exist).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 from .extrapolate import History, check_order
 from .solvers import EulerSampler
@@ -29,8 +31,8 @@ class TeaCacheSampler(EulerSampler):
         threshold: bound on the accumulated relative L1 change of x; 0 computes every step.
     """
 
-    def __init__(self, steps: int, threshold: float = 0.1):
-        super().__init__(steps)
+    def __init__(self, steps: Optional[int] = None, threshold: float = 0.1, *, times=None):
+        super().__init__(steps, times=times)
         if not threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         self.threshold = threshold
@@ -55,7 +57,7 @@ class TeaCacheSampler(EulerSampler):
         return {"host_reads": st["reads"]}
 
     def __repr__(self):
-        return f"TeaCacheSampler(steps={self.steps}, threshold={self.threshold})"
+        return f"TeaCacheSampler({self.grid_repr()}, threshold={self.threshold})"
 
 
 class TaylorSeerSampler(EulerSampler):
@@ -65,8 +67,8 @@ class TaylorSeerSampler(EulerSampler):
     The model is called exactly at {k : k <= order or k % interval == 0}.
     """
 
-    def __init__(self, steps: int, interval: int = 3, order: int = 2):
-        super().__init__(steps)
+    def __init__(self, steps: Optional[int] = None, interval: int = 3, order: int = 2, *, times=None):
+        super().__init__(steps, times=times)
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(f"interval must be an int >= 1, got {interval!r}")
         self.interval = interval
@@ -88,7 +90,7 @@ class TaylorSeerSampler(EulerSampler):
         return sum(1 for k in range(self.steps) if k <= self.order or k % self.interval == 0)
 
     def __repr__(self):
-        return f"TaylorSeerSampler(steps={self.steps}, interval={self.interval}, order={self.order})"
+        return f"TaylorSeerSampler({self.grid_repr()}, interval={self.interval}, order={self.order})"
 
 
 def static_skip_schedule(steps: int, order: int = 1) -> list[int]:

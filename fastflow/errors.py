@@ -21,11 +21,15 @@ k). Index 0 of a gap axis is unused, lead 0 has error 0 (no extrapolation); lead
 the steps a run of skips can cover and lead R + 1 is the real step that ends the longest
 run. Entries whose nodes fall before step 0 or whose target falls after step T - 1 are
 +inf. Time convention: t = 0 is noise, t = 1 is data.
+
+On an uneven grid the recorder is given weights w_j = T (t_{j+1} - t_j): every error whose
+target is step j, and Euler's eta_j, is multiplied by w_j, so that a sum of table entries is
+(T times) the deviation bound's sum_j dt_j |v_hat_j - v_j| / |v_j|. On the uniform grid w = 1.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -74,11 +78,16 @@ class TableRecorder:
         times: the grid t_0..t_{T-1} of the steps (1-D, increasing).
         order: p.
         max_run: R.
+        weights: optional (T,) per-target weights w_j (see the module docstring); default 1.
     """
 
-    def __init__(self, times: Sequence[float] | torch.Tensor, order: int, max_run: int):
+    def __init__(self, times: Sequence[float] | torch.Tensor, order: int, max_run: int,
+                 weights: Optional[Sequence[float]] = None):
         self.times = torch.as_tensor(times, dtype=torch.float64)
         self.steps, self.order, self.max_run = len(self.times), order, max_run
+        if weights is not None and len(weights) != self.steps:
+            raise ValueError(f"need one weight per step, got {len(weights)} for {self.steps} steps")
+        self.weights = None if weights is None or all(w == 1.0 for w in weights) else [float(w) for w in weights]
         self.span = order * (max_run + 1) + max_run + 1         # how far back a node can lie from a target
         self.entries: list = []                                 # per target j: (index tensor, weights)
         gaps = list(itertools.product(range(1, max_run + 2), repeat=order))
@@ -113,7 +122,8 @@ class TableRecorder:
         flat = v.reshape(-1)
         self.window.append(flat)
         if j > 0:  # Euler's local error needs consecutive velocities (see euler_errors)
-            self.euler_eta.append(((flat - self.window[j - 1]).norm() / (2 * flat.norm().clamp_min(1e-30))))
+            eta = (flat - self.window[j - 1]).norm() / (2 * flat.norm().clamp_min(1e-30))
+            self.euler_eta.append(eta if self.weights is None else eta * self.weights[j - 1])
         if j - self.span - 1 >= 0:
             self.window[j - self.span - 1] = None  # no longer a node of any entry: free it
         if self.entries[j] is None:
@@ -122,7 +132,7 @@ class TableRecorder:
         stack = torch.stack(self.window[lo:j + 1])                     # (window, N)
         resid = w.to(stack) @ stack                                    # (E, N)
         err = resid.norm(dim=1) / flat.norm().clamp_min(torch.finfo(flat.dtype).tiny)
-        self.results.append((index, err))
+        self.results.append((index, err if self.weights is None else err * self.weights[j]))
 
     def table(self) -> torch.Tensor:
         """The error table (float64, on the CPU); +inf where undefined. One host read."""

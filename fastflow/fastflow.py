@@ -39,7 +39,7 @@ DEFAULT_MAX_RUN = 6
 
 
 class ExtrapolatedEulerSampler(EulerSampler):
-    """Euler on the uniform grid where the steps in ``skip`` use an extrapolated velocity.
+    """Euler on a grid (uniform, or ``times``) where the steps in ``skip`` use an extrapolated velocity.
 
     A step k can be skipped only if at least ``order + 1`` real evaluations precede it,
     so step 0 is never skippable. A run makes exactly T - |skip| model calls and takes no
@@ -49,8 +49,9 @@ class ExtrapolatedEulerSampler(EulerSampler):
         ValueError: for a skip step outside [0, T - 1] or with too few real steps before it.
     """
 
-    def __init__(self, steps: int, skip: Iterable[int], order: int = 1):
-        super().__init__(steps)
+    def __init__(self, steps: Optional[int], skip: Iterable[int], order: int = 1, *, times=None):
+        super().__init__(steps, times=times)
+        steps = self.steps
         self.order = check_order(order)
         skip = sorted(set(skip))
         for i, k in enumerate(skip):
@@ -74,7 +75,10 @@ class ExtrapolatedEulerSampler(EulerSampler):
         return v
 
     def state_dict(self) -> dict:
-        return {"format": SCHEDULE_FORMAT, "steps": self.steps, "order": self.order, "skip": sorted(self.skip)}
+        state = {"format": SCHEDULE_FORMAT, "steps": self.steps, "order": self.order, "skip": sorted(self.skip)}
+        if not self.uniform:
+            state["times"] = self.times.tolist()
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "ExtrapolatedEulerSampler":
@@ -82,7 +86,7 @@ class ExtrapolatedEulerSampler(EulerSampler):
             raise ValueError(f"not a skip schedule (missing 'format': '{SCHEDULE_FORMAT}')")
         if not isinstance(state.get("skip"), list):
             raise ValueError("skip schedule has no list 'skip'")
-        return cls(state.get("steps"), state["skip"], state.get("order"))
+        return cls(state.get("steps"), state["skip"], state.get("order"), times=state.get("times"))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the schedule as JSON, atomically."""
@@ -99,17 +103,17 @@ class ExtrapolatedEulerSampler(EulerSampler):
             raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
-        return f"ExtrapolatedEulerSampler(steps={self.steps}, skipped={len(self.skip)}, order={self.order})"
+        return f"ExtrapolatedEulerSampler({self.grid_repr()}, skipped={len(self.skip)}, order={self.order})"
 
 
-def extrapolated_euler(velocity, x_init: torch.Tensor, steps: int, skip: Iterable[int],
+def extrapolated_euler(velocity, x_init: torch.Tensor, steps, skip: Iterable[int],
                        order: int = 1, **extras) -> SampleResult:
     """Euler from t = 0 (noise) to t = 1 (data) with the steps in ``skip`` extrapolated.
 
     Args:
         velocity: ``velocity(x=x, t=t, **extras)``, x of shape (batch, ...), t of shape (batch,).
         x_init: noise, shape (batch, ...).
-        steps: T, number of uniform steps.
+        steps: T, number of uniform steps, or a grid (T + 1,) from ``fastflow.grids``.
         skip: the set S of step indices whose velocity is extrapolated (no model call).
         order: order p of the finite-difference extrapolation (p + 1 real points).
 
@@ -174,7 +178,7 @@ class FastFlowSampler(EulerSampler):
     0..p and T - 1 are always real.
 
     Args:
-        steps: T.
+        steps: T (uniform grid), or give ``times``.
         calls: model calls per run, in [min_calls(T, p, max_run), T].
         tolerance: > 0, relative to Euler-T's own error (see above).
         policy: ``"plan"``, ``"bandit"`` or ``"paper"``.
@@ -187,6 +191,10 @@ class FastFlowSampler(EulerSampler):
         generator: torch.Generator for randomised bandits (UCB1 and the plans need none).
         explore: the planning bandit's exploration constant c.
         max_run: longest run of skips for the plan and bandit policies (default ``DEFAULT_MAX_RUN``).
+        times: any grid (T + 1,) from 0 to 1 (``fastflow.grids``). On an uneven grid every error
+            of step j (table, observations, eta_j) is weighted by T dt_j, so the summed error
+            stays the deviation bound's sum_j dt_j |v_hat_j - v_j| in relative units; on the
+            uniform grid the weights are 1.
         **bandit_kwargs: hyperparameters of the paper policy's bandit (``c``, ``epsilon``, ``prior_var``).
 
     Raises:
@@ -200,12 +208,15 @@ class FastFlowSampler(EulerSampler):
     or a learning policy's errors; the plan policy adds none).
     """
 
-    def __init__(self, steps: int, calls: Optional[int] = None, tolerance: Optional[float] = None,
+    def __init__(self, steps: Optional[int] = None, calls: Optional[int] = None, tolerance: Optional[float] = None,
                  policy: Optional[str] = None, arms: Sequence[int] = (0, 1, 2, 3, 4), mu: Optional[float] = None,
                  order: int = 1, bandit: Optional[str] = None, normalize_rewards: bool = True,
                  generator: Optional[torch.Generator] = None, explore: float = 0.5,
-                 max_run: Optional[int] = None, **bandit_kwargs):
-        super().__init__(steps)
+                 max_run: Optional[int] = None, times=None, **bandit_kwargs):
+        super().__init__(steps, times=times)
+        steps = self.steps
+        # per-step error weights T dt_j (all 1 on the uniform grid)
+        self.weights = [1.0] * steps if self.uniform else (steps * self.times.diff()).tolist()
         arms = tuple(arms)
         if not arms or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in arms):
             raise ValueError(f"arms must be a non-empty sequence of non-negative ints, got {arms}")
@@ -283,7 +294,8 @@ class FastFlowSampler(EulerSampler):
         size = self.order + 1
         if not self.calibrated:
             times = [field.t(k) for k in range(field.steps)]
-            return _Run(history=History(size), recorder=TableRecorder(times, self.order, self.max_run))
+            return _Run(history=History(size),
+                        recorder=TableRecorder(times, self.order, self.max_run, weights=self.weights))
         return _Run(history=History(size), recorder=None)
 
     def velocity(self, field: VelocityField, run: _Run, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -295,7 +307,8 @@ class FastFlowSampler(EulerSampler):
         t = field.t(k)
         if run.pending is not None:  # the real step ending a run: what its nodes predicted here
             decided, gaps, m = run.pending
-            run.observed.append((decided, gaps, m + 1, relative_error(run.history.extrapolate(t, self.order), v)))
+            e = relative_error(run.history.extrapolate(t, self.order), v)
+            run.observed.append((decided, gaps, m + 1, e if self.uniform else e * self.weights[k]))
             run.pending = None
         run.history.append(t, v)
         run.reals.append(k)
@@ -378,7 +391,7 @@ class FastFlowSampler(EulerSampler):
     def freeze(self) -> ExtrapolatedEulerSampler:
         """What was learned, as a fixed schedule: no decisions at run time, reproducible,
         savable (``ExtrapolatedEulerSampler.save``)."""
-        return ExtrapolatedEulerSampler(self.steps, self.schedule(), self.order)
+        return ExtrapolatedEulerSampler(self.steps, self.schedule(), self.order, times=self.times)
 
     def planned_error(self, skip: Optional[Iterable[int]] = None) -> float:
         """Summed table error of a skip set (default: the current schedule), relative to the
@@ -412,7 +425,7 @@ class FastFlowSampler(EulerSampler):
     # -- persistence -----------------------------------------------------------------
 
     def _config(self) -> dict:
-        return {"steps": self.steps, "order": self.order, "arms": list(self.arms), "max_run": self.max_run,
+        return {"steps": self.steps, "times": None if self.uniform else self.times.tolist(), "order": self.order, "arms": list(self.arms), "max_run": self.max_run,
                 "policy": self.policy_name,
                 "calls": self.calls, "tolerance": self.tolerance, "bandit": self.bandit_kind,
                 "normalize_rewards": self.normalize_rewards}
@@ -519,7 +532,7 @@ class FastFlowSampler(EulerSampler):
             raise ValueError("'plan' must be a list of step indices")
         if len(plan) != self.steps - K:
             raise ValueError(f"'plan' skips {len(plan)} steps, but calls_target={K} means {self.steps - K}")
-        ExtrapolatedEulerSampler(self.steps, plan, self.order)  # validates the steps
+        ExtrapolatedEulerSampler(self.steps, plan, self.order, times=self.times)  # validates the steps
         if max(runs_after(self.steps, plan).values(), default=0) > self.max_run or (plan and plan[-1] == self.steps - 1):
             raise ValueError(f"'plan' has a run longer than max_run={self.max_run} or skips the last step")
         return sorted(plan)
@@ -551,4 +564,4 @@ class FastFlowSampler(EulerSampler):
     def __repr__(self) -> str:
         knob = f"calls={self.calls}" if self.calls is not None else (
             f"tolerance={self.tolerance}" if self.tolerance is not None else f"mu={self.mu_init}")
-        return f"FastFlowSampler(steps={self.steps}, policy='{self.policy_name}', {knob}, order={self.order})"
+        return f"FastFlowSampler({self.grid_repr()}, policy='{self.policy_name}', {knob}, order={self.order})"

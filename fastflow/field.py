@@ -1,26 +1,23 @@
-"""A user's velocity callable, wrapped for one sampling run on a uniform grid."""
+"""A user's velocity callable, wrapped for one sampling run on a time grid."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
+
+from .grids import _check_steps as check_steps
+from .grids import check_times, is_uniform, uniform
 
 __all__ = ["VelocityField", "check_steps"]
 
 Velocity = Callable[..., torch.Tensor]
 
 
-def check_steps(steps: int) -> int:
-    """Validate a number of grid steps T (an int >= 2) and return it."""
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
-    if steps < 2:
-        raise ValueError(f"steps must be >= 2, got {steps}")
-    return steps
-
-
 class VelocityField:
-    """Calls ``velocity(x=x, t=t, **extras)`` on the grid t_k = k / T, and counts the calls.
+    """Calls ``velocity(x=x, t=t, **extras)`` on the grid t_0 = 0 < ... < t_T = 1, and counts the calls.
+
+    ``times`` is the grid (a (T + 1,) tensor, see ``fastflow.grids``) or an int T for the uniform
+    grid t_k = k / T; step k goes from t_k to t_{k+1}, of length ``dt(k)``.
 
     Time convention: t = 0 is noise, t = 1 is data; ``t`` is handed to the model as a
     tensor of shape (batch,) with the dtype and device of ``x``.
@@ -31,7 +28,7 @@ class VelocityField:
     ``check=False`` skips it.
     """
 
-    def __init__(self, velocity: Velocity, x_init: torch.Tensor, steps: int,
+    def __init__(self, velocity: Velocity, x_init: torch.Tensor, times: Union[int, torch.Tensor],
                  extras: dict[str, Any], check: bool = True):
         if not callable(velocity):
             raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
@@ -39,8 +36,11 @@ class VelocityField:
             raise ValueError("x_init must be a tensor of shape (batch, ...)")
         self.velocity = velocity
         self.extras = extras
-        self.steps = check_steps(steps)
-        self.dt = 1.0 / steps
+        grid = uniform(times) if isinstance(times, int) else check_times(times)
+        self.grid = grid.tolist()                      # python floats: no device traffic per step
+        self.steps = len(self.grid) - 1
+        self.steps_dt = ([1.0 / self.steps] * self.steps if is_uniform(grid)  # exactly 1 / T when uniform
+                         else [b - a for a, b in zip(self.grid, self.grid[1:])])
         self.shape = x_init.shape
         self.check = check
         self.nfe = 0
@@ -49,8 +49,12 @@ class VelocityField:
         self._times: list[float] = []
 
     def t(self, k: int) -> float:
-        """Time of grid point k."""
-        return k / self.steps
+        """Time t_k of grid point k."""
+        return self.grid[k]
+
+    def dt(self, k: int) -> float:
+        """Length t_{k+1} - t_k of step k."""
+        return self.steps_dt[k]
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """Evaluate the model at state x (batch, ...) and scalar time t; returns (batch, ...)."""

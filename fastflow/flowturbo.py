@@ -1,7 +1,8 @@
 """FlowTurbo (Zhao et al., NeurIPS 2024): Heun blocks, pseudo-corrector blocks and
 velocity-refiner blocks on one uniform grid, written H_a P_b R_c.
 
-Time convention: t = 0 noise, t = 1 data; N = a + b + c blocks on t_i = i / N, dt = 1 / N.
+Time convention: t = 0 noise, t = 1 data; N = a + b + c blocks on t_i = i / N (or on ``times``,
+any grid of N steps from ``fastflow.grids``), block i of length dt = t_{i+1} - t_i.
 Each block maps x_i to x_{i+1} and hands a velocity on to the next block.
 
 * Heun (2 model calls): d_i = v(x_i, t_i); x~ = x_i + dt d_i; d_{i+1} = v(x~, t_{i+1});
@@ -48,6 +49,7 @@ class FlowTurboSampler(Sampler):
     Args:
         heun, pseudo, refine: block counts a, b, c (a + b + c >= 2 steps).
         correct_last: False to end with an Euler step (no evaluation at t = 1).
+        times: optional grid of a + b + c steps (default: uniform).
         refiner: callable ``refiner(x=x, t=t, u=u, **extras) -> correction`` shaped like x;
             required when refine > 0. Extras are the ones given to ``sample``.
         refiner_form: "consistent" (default) or "published".
@@ -55,7 +57,7 @@ class FlowTurboSampler(Sampler):
 
     def __init__(self, heun: int, pseudo: int = 0, refine: int = 0,
                  refiner: Optional[Callable[..., torch.Tensor]] = None, refiner_form: str = "consistent",
-                 correct_last: bool = True):
+                 correct_last: bool = True, times=None):
         a, b, c = _count("heun", heun), _count("pseudo", pseudo), _count("refine", refine)
         if b > 0 and a == 0:
             raise ValueError("pseudo-corrector blocks need a Heun block first (heun >= 1) to hand them a velocity")
@@ -65,7 +67,7 @@ class FlowTurboSampler(Sampler):
             raise ValueError(f"refine={c} needs a refiner")
         if refiner_form not in REFINER_FORMS:
             raise ValueError(f"refiner_form must be one of {REFINER_FORMS}, got {refiner_form!r}")
-        super().__init__(a + b + c)
+        super().__init__(a + b + c, times=times)
         self.heun, self.pseudo, self.refine = a, b, c
         self.refiner = refiner
         self.refiner_form = refiner_form
@@ -89,7 +91,7 @@ class FlowTurboSampler(Sampler):
         return r
 
     def step(self, field, st, k, x):
-        dt, t0, t1 = field.dt, field.t(k), field.t(k + 1)
+        dt, t0, t1 = field.dt(k), field.t(k), field.t(k + 1)
         euler_end = k == self.steps - 1 and not self.correct_last
         if k < self.heun + self.pseudo:
             d0 = field.at(k, x) if k < self.heun else st["handed"]

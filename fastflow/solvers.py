@@ -1,18 +1,21 @@
 """Fixed-grid ODE samplers for flow-matching models: one loop, small step rules.
 
-Every sampler integrates dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data) on the
-uniform grid t_k = k / T, k = 0..T, where for rectified flow x_t = (1 - t) * noise +
+Every sampler integrates dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data) on a grid
+0 = t_0 < t_1 < ... < t_T = 1: the uniform t_k = k / T for ``steps=T``, or any grid passed as
+``times`` (``fastflow.grids``: uniform, SD3/Flux-shifted, EDM), where for rectified flow x_t = (1 - t) * noise +
 t * data and v = data - noise. ``velocity`` is any callable, called by keyword as
 ``velocity(x=x, t=t, **extras)`` with ``x`` of shape (batch, ...) and ``t`` of shape
 (batch,); extras (class labels, guidance scale, ...) pass through untouched.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from .field import VelocityField, check_steps
+from .errors import lagrange_weights
+from .field import VelocityField
+from .grids import Grid, is_uniform, resolve_grid
 from .result import SampleResult
 
 __all__ = ["Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler"]
@@ -28,8 +31,15 @@ class Sampler:
 
     order: int = 1
 
-    def __init__(self, steps: int):
-        self.steps = check_steps(steps)
+    def __init__(self, steps: Optional[Union[int, Grid]] = None, *, times: Optional[Grid] = None):
+        """``steps``: T for the uniform grid; or give ``times``, an increasing (T + 1,) grid from
+        0 to 1 (``steps`` may also be such a grid). Raises ValueError for a bad grid."""
+        if isinstance(steps, (torch.Tensor, list, tuple)):  # a grid passed as steps
+            if times is not None:
+                raise TypeError("give the grid once: as steps or as times")
+            steps, times = None, steps
+        self.steps, self.times = resolve_grid(steps, times)   # int T, (T + 1,) float64
+        self.uniform = is_uniform(self.times)
 
     def sample(self, velocity, x_init: torch.Tensor, *, trace: bool = False,
                check: bool = True, **extras: Any) -> SampleResult:
@@ -47,7 +57,7 @@ class Sampler:
             SampleResult with the final x at t = 1, the number of model calls and the
             skipped steps.
         """
-        field = VelocityField(velocity, x_init, self.steps, extras, check=check)
+        field = VelocityField(velocity, x_init, self.steps if self.uniform else self.times, extras, check=check)
         state = self.start(field)
         x = x_init
         states = [x] if trace else None
@@ -70,8 +80,15 @@ class Sampler:
     def finish(self, field: VelocityField, state: Any) -> dict:
         return {}
 
+    def grid_repr(self) -> str:
+        """'steps=T' for the uniform grid, else a short view of ``times``."""
+        if self.uniform:
+            return f"steps={self.steps}"
+        t = self.times.tolist()
+        return f"times=[{t[0]:.4g}, {t[1]:.4g}, ..., {t[-2]:.4g}, {t[-1]:.4g}] ({self.steps} steps)"
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps})"
+        return f"{type(self).__name__}({self.grid_repr()})"
 
 
 class EulerSampler(Sampler):
@@ -84,7 +101,7 @@ class EulerSampler(Sampler):
     order = 1
 
     def step(self, field, state, k, x):
-        return x + field.dt * self.velocity(field, state, k, x)
+        return x + field.dt(k) * self.velocity(field, state, k, x)
 
     def velocity(self, field: VelocityField, state: Any, k: int, x: torch.Tensor) -> torch.Tensor:
         return field.at(k, x)
@@ -103,19 +120,19 @@ class HeunSampler(Sampler):
 
     order = 2
 
-    def __init__(self, steps: int, correct_last: bool = True):
-        super().__init__(steps)
+    def __init__(self, steps: Optional[int] = None, correct_last: bool = True, *, times: Optional[Grid] = None):
+        super().__init__(steps, times=times)
         self.correct_last = correct_last
 
     def step(self, field, state, k, x):
-        d = field.at(k, x)
+        d, dt = field.at(k, x), field.dt(k)
         if k == self.steps - 1 and not self.correct_last:
-            return x + field.dt * d
-        d_next = field.at(k + 1, x + field.dt * d)
-        return x + 0.5 * field.dt * (d + d_next)
+            return x + dt * d
+        d_next = field.at(k + 1, x + dt * d)
+        return x + 0.5 * dt * (d + d_next)
 
     def __repr__(self) -> str:
-        return f"HeunSampler(steps={self.steps}, correct_last={self.correct_last})"
+        return f"HeunSampler({self.grid_repr()}, correct_last={self.correct_last})"
 
 
 # Adams-Bashforth coefficients on a uniform grid: x_{k+1} = x_k + dt * sum_j b_j v_{k-j}.
@@ -127,18 +144,38 @@ AB_COEFFICIENTS = {
 }
 
 
+def ab_coefficients(nodes: Sequence[float], t0: float, t1: float) -> list[float]:
+    """Variable-step Adams-Bashforth weights: b_j = (1 / h) int_{t0}^{t1} L_j(s) ds, h = t1 - t0.
+
+    L_j is the Lagrange basis polynomial of ``nodes`` (past times, newest first, t0 among them),
+    so x_{k+1} = x_k + h sum_j b_j v(nodes_j) integrates the interpolant of the past velocities
+    exactly. Two-point Gauss-Legendre quadrature is exact for the degree <= 3 of orders 1..4.
+    On a uniform grid these are the classical coefficients (``AB_COEFFICIENTS``).
+    """
+    g = 3 ** -0.5
+    quad = torch.tensor([0.5 * (t0 + t1) - 0.5 * (t1 - t0) * g, 0.5 * (t0 + t1) + 0.5 * (t1 - t0) * g],
+                        dtype=torch.float64)
+    n = torch.tensor([list(nodes)] * 2, dtype=torch.float64)
+    return (0.5 * lagrange_weights(n, quad).sum(dim=0)).tolist()
+
+
 class AdamsBashforthSampler(Sampler):
     """Explicit Adams-Bashforth of order p (1..4), one model call per step (T in all).
 
-    x_{k+1} = x_k + dt * sum_j b_j v_{k-j}. The first steps, which lack history, use the
-    highest order available (Euler, then AB2, ...), which keeps global order p.
+    x_{k+1} = x_k + dt_k * sum_j b_j v_{k-j}, with the classical b on a uniform grid and the
+    variable-step weights of ``ab_coefficients`` (from the actual times) on any other. The first
+    steps, which lack history, use the highest order available (Euler, then AB2, ...).
     """
 
-    def __init__(self, steps: int, order: int = 2):
-        super().__init__(steps)
+    def __init__(self, steps: Optional[int] = None, order: int = 2, *, times: Optional[Grid] = None):
+        super().__init__(steps, times=times)
         if order not in AB_COEFFICIENTS:
             raise ValueError(f"Adams-Bashforth order must be one of {sorted(AB_COEFFICIENTS)}, got {order}")
         self.order = order
+        t = self.times.tolist()
+        self.coefficients = [AB_COEFFICIENTS[min(k + 1, order)] if self.uniform else
+                             tuple(ab_coefficients([t[k - j] for j in range(min(k + 1, order))], t[k], t[k + 1]))
+                             for k in range(self.steps)]
 
     def start(self, field):
         return []  # past velocities, newest first
@@ -146,8 +183,7 @@ class AdamsBashforthSampler(Sampler):
     def step(self, field, past, k, x):
         past.insert(0, field.at(k, x))
         del past[self.order:]
-        coeffs = AB_COEFFICIENTS[len(past)]
-        return x + field.dt * sum(b * v for b, v in zip(coeffs, past))
+        return x + field.dt(k) * sum(b * v for b, v in zip(self.coefficients[k], past))
 
     def __repr__(self) -> str:
-        return f"AdamsBashforthSampler(steps={self.steps}, order={self.order})"
+        return f"AdamsBashforthSampler({self.grid_repr()}, order={self.order})"

@@ -1,0 +1,124 @@
+"""Time grids t_0 = 0 < t_1 < ... < t_T = 1 for the samplers (t = 0 noise, t = 1 data).
+
+Every sampler takes either ``steps`` (the uniform grid) or ``times``, any of these grids or
+your own. Each function returns a float64 CPU tensor of shape (T + 1,).
+
+    uniform(T):           t_k = k / T
+    shifted(T, shift):    t_k = 1 - sigma(1 - k / T),  sigma(s) = shift s / (1 + (shift - 1) s)
+    edm(T, ...):          t_k = 1 / (1 + sigma_k), sigma_k the EDM (Karras et al. 2022) levels
+
+``shifted`` is the grid of Stable Diffusion 3 and Flux: they integrate the noise level sigma
+from 1 (noise) to 0 (data) on sigma_k = sigma(1 - k / T); in our time t = 1 - sigma. A shift
+above 1 spends more steps near the noise (shift = 3 for SD3 at 1024 px). ``edm`` maps EDM's
+noise levels to rectified-flow time: x_t = (1 - t) noise + t data is data + sigma noise
+rescaled by t, with sigma = (1 - t) / t, so t = 1 / (1 + sigma); its first point
+(sigma = sigma_max) is moved to t = 0 and its last (sigma = 0) is t = 1.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+__all__ = ["uniform", "shifted", "edm", "check_times", "resolve_grid", "is_uniform"]
+
+Grid = Union[torch.Tensor, Sequence[float]]
+
+
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    return steps
+
+
+def uniform(steps: int) -> torch.Tensor:
+    """(T + 1,) float64: t_k = k / T."""
+    steps = _check_steps(steps)
+    return torch.arange(steps + 1, dtype=torch.float64) / steps
+
+
+def shifted(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """(T + 1,) float64 SD3/Flux grid: t_k = 1 - shift s / (1 + (shift - 1) s), s = 1 - k / T.
+
+    shift = 1 is the uniform grid; shift > 1 puts more steps near t = 0 (noise).
+
+    Raises:
+        ValueError: for shift <= 0.
+    """
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    s = 1 - uniform(steps)
+    t = 1 - shift * s / (1 + (shift - 1) * s)
+    t[0], t[-1] = 0.0, 1.0  # exact ends despite rounding
+    return t
+
+
+def edm(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """(T + 1,) float64 EDM grid in rectified-flow time.
+
+    sigma_i = (sigma_max^(1/rho) + i / (T - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho for
+    i = 0..T-1 and sigma_T = 0; t_i = 1 / (1 + sigma_i), then t_0 is set to 0 (pure noise).
+
+    Raises:
+        ValueError: unless 0 < sigma_min < sigma_max and rho > 0.
+    """
+    steps = _check_steps(steps)
+    if not 0 < sigma_min < sigma_max or not rho > 0:
+        raise ValueError(f"need 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}")
+    i = torch.arange(steps, dtype=torch.float64) / (steps - 1)
+    sigma = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    t = torch.cat([1 / (1 + sigma), torch.ones(1, dtype=torch.float64)])
+    t[0] = 0.0
+    return t
+
+
+def check_times(times: Grid) -> torch.Tensor:
+    """Validate a grid and return it as a float64 CPU tensor (T + 1,).
+
+    Raises:
+        ValueError: one line saying what is wrong: not 1-D, fewer than 3 points (2 steps), not
+            finite, not starting at 0 or ending at 1, or not strictly increasing (naming the
+            first offending pair).
+    """
+    try:
+        t = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"times must be a 1-D sequence of numbers: {e}") from None
+    if t.dim() != 1 or len(t) < 3:
+        raise ValueError(f"times must be 1-D with at least 3 points (2 steps), got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("times must be finite")
+    if abs(float(t[0])) > 1e-12 or abs(float(t[-1]) - 1) > 1e-12:
+        raise ValueError(f"times must start at 0 (noise) and end at 1 (data), got {float(t[0])} .. {float(t[-1])}")
+    bad = (t[1:] <= t[:-1]).nonzero()
+    if len(bad):
+        k = int(bad[0])
+        what = "repeats" if t[k + 1] == t[k] else "decreases"
+        raise ValueError(f"times must be strictly increasing: it {what} at index {k + 1} "
+                         f"({float(t[k])} then {float(t[k + 1])})")
+    t = t.clone()
+    t[0], t[-1] = 0.0, 1.0
+    return t
+
+
+def resolve_grid(steps: Optional[int], times: Optional[Grid]) -> tuple[int, torch.Tensor]:
+    """(T, times) from exactly one of ``steps`` (uniform grid) and ``times``; both if they agree.
+
+    Raises:
+        TypeError / ValueError: if neither is given, they disagree, or either is invalid.
+    """
+    if times is None:
+        if steps is None:
+            raise TypeError("give steps (an int) or times (a grid from 0 to 1)")
+        return _check_steps(steps), uniform(steps)
+    t = check_times(times)
+    if steps is not None and _check_steps(steps) != len(t) - 1:
+        raise ValueError(f"steps={steps} but times has {len(t) - 1} steps")
+    return len(t) - 1, t
+
+
+def is_uniform(times: torch.Tensor, atol: float = 1e-12) -> bool:
+    """Whether ``times`` is k / T up to ``atol``."""
+    return bool(torch.allclose(times, uniform(len(times) - 1), rtol=0, atol=atol))
