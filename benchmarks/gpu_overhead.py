@@ -9,6 +9,7 @@ the end of the run, so measuring does not add host syncs inside the loop on a GP
 
     python benchmarks/gpu_overhead.py                          # on a GPU machine: all three workloads
     python benchmarks/gpu_overhead.py --workloads mnist --device cpu
+    python benchmarks/gpu_overhead.py --compile reduce-overhead    # also with the model under CUDA graphs
 
 Writes results/gpu_overhead_<device>.json with the machine named.
 """
@@ -68,6 +69,20 @@ def build(workload: str, device: torch.device):
     return model, shape, config.num_classes, batch
 
 
+def compiled_velocity(fn, mode: str):
+    """``torch.compile(fn, mode=mode)``, cloning outputs under CUDA graphs ("reduce-overhead",
+    "max-autotune"): a graph replay overwrites its last output, and AB2 and FastFlow keep earlier
+    velocities."""
+    compiled = torch.compile(fn, mode=None if mode == "default" else mode)
+    if mode == "default":
+        return compiled
+
+    def velocity(**kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(**kwargs).clone()
+    return velocity
+
+
 def measure(workload: str, args, device: torch.device) -> dict:
     model, shape, classes, batch = build(workload, device)
     x = make_noise(batch, shape, 0).to(device)
@@ -76,15 +91,21 @@ def measure(workload: str, args, device: torch.device) -> dict:
     fast = ff.FastFlowSampler(50, calls=args.calls)
     with torch.no_grad():
         fast.sample(model.forward_with_cfg, calib, y=y, cfg_scale=1.0)  # calibration run, untimed
+    runs = [("Euler-50", ff.EulerSampler(50), model.forward_with_cfg),
+            (f"FastFlow-50 plan K={args.calls}", fast, model.forward_with_cfg),
+            (f"FastFlow-50 plan K={args.calls} frozen", fast.freeze(), model.forward_with_cfg)]
+    if args.compile != "none":  # the same runs with the compiled model; its warm-up run compiles
+        velocity = compiled_velocity(model.forward_with_cfg, args.compile)
+        runs += [(f"{label} compiled ({args.compile})", sampler, velocity) for label, sampler, _ in runs]
     out = {}
-    for label, sampler in (("Euler-50", ff.EulerSampler(50)), (f"FastFlow-50 plan K={args.calls}", fast),
-                           (f"FastFlow-50 plan K={args.calls} frozen", fast.freeze())):
+    for label, sampler, velocity in runs:
         walls, shares, calls = [], [], 0
         for rep in range(args.repeats + 1):
-            clock = ModelClock(model.forward_with_cfg, device)
+            clock = ModelClock(velocity, device)
             sync(device)
             begin = time.perf_counter()
-            res = sampler.sample(clock, x, y=y, cfg_scale=1.0)
+            with torch.no_grad():
+                res = sampler.sample(clock, x, y=y, cfg_scale=1.0)
             sync(device)
             wall = time.perf_counter() - begin
             if rep > 0:
@@ -102,6 +123,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: cuda if available)")
     p.add_argument("--calls", type=int, default=16, help="FastFlow's call budget (default: 16)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per sampler after one warm-up (default: 5)")
+    p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"], default="none",
+                   help="also time every run with torch.compile of the model in this mode (reduce-overhead = "
+                        "CUDA graphs on a GPU); the warm-up run pays the compilation (default: none)")
     p.add_argument("--out-json", default=None, help="default: results/gpu_overhead_<device type>.json")
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -119,7 +143,7 @@ def main(argv=None) -> int:
               "rows": [measure(w, args, device) for w in args.workloads]}
     for r in result["rows"]:
         for label, s in r["samplers"].items():
-            print(f"{r['model']:12s} batch {r['batch']:3d} {label:32s} calls {s['calls']:3d} {s['seconds']:8.4f} s "
+            print(f"{r['model']:12s} batch {r['batch']:3d} {label:50s} calls {s['calls']:3d} {s['seconds']:8.4f} s "
                   f"outside model {100 * s['outside_model']:5.1f}%")
     path = args.out_json or os.path.join("results", f"gpu_overhead_{device.type}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
