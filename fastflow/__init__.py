@@ -5,6 +5,8 @@ x_t = (1 - t) * noise + t * data, v = data - noise, and samplers integrate
 dx/dt = v(x, t) from 0 to 1 on the uniform grid t_k = k / T (``steps=T``) or on any
 increasing grid from 0 to 1 (``times=``, see ``fastflow.grids``).
 """
+__version__ = "0.2.0"
+
 from . import grids, metrics, toy
 from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .bandit import BANDITS, EpsilonGreedy, ErrorTableUCB, GaussianThompson, UCB1, make_bandit
@@ -28,7 +30,7 @@ SAMPLERS = {
 }
 
 __all__ = [
-    "SampleResult", "VelocityField", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler",
+    "__version__", "SampleResult", "VelocityField", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler",
     "ExtrapolatedEulerSampler", "FlowTurboSampler", "extrapolated_euler", "FastFlowSampler", "History", "newton_extrapolate",
     "TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule",
     "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "ErrorTableUCB", "SAMPLERS", "toy",
