@@ -17,7 +17,11 @@ $(VENV)/.installed: requirements.txt
 demo: install
 	$(PY) sample.py
 
-test: install
+$(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
+	$(VENV)/bin/pip install -q -r requirements-test.txt
+	touch $@
+
+test: install $(VENV)/.test-installed
 	$(PY) -m pytest
 
 bench-deps: install
