@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import fastflow as ff
-from evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER, Judge,
+from models.evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER, Judge,
                         balanced_labels, fidelity, machine_info, make_noise, run_batched, save_grid)
 
 SAMPLER_CHOICES = ["euler", "heun", "ab2", "fastflow", "teacache", "taylorseer", "static", "flowturbo"]

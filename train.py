@@ -32,11 +32,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from data import DATASETS, ImageTensorDataset, build_dataset, to_unit_range
+from models.data import DATASETS, ImageTensorDataset, build_dataset, to_unit_range
 from models import DIT_CONFIGS, DiT
 from models.checkpoint import FULL_KEYS, load_checkpoint, save_checkpoint
 
-from evaluation import save_grid
+from models.evaluation import save_grid
 from fastflow import EulerSampler
 
 

@@ -34,7 +34,7 @@ from models.classifier import (
     save_classifier,
     save_feature_stats,
 )
-from data import build_dataset
+from models.data import build_dataset
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 

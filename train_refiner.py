@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from data import DATASETS, build_dataset
+from models.data import DATASETS, build_dataset
 from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from models.refiner import (RefinerConfig, VelocityRefiner, base_fingerprint, count_params,
                             refiner_config_from_dict, save_refiner)

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
-from evaluation import DEFAULT_CKPT, balanced_labels, machine_info, make_noise, sync  # noqa: E402
+from models.evaluation import DEFAULT_CKPT, balanced_labels, machine_info, make_noise, sync  # noqa: E402
 
 WORKLOADS = {"mnist": ("DiT-MNIST-S", 100), "cifar": ("DiT-CIFAR-S", 128), "in64": ("DiT-IN64-B", 64)}
 

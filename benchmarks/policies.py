@@ -91,7 +91,7 @@ def peer_workload(quick):
 
 
 def dit_workload(quick):
-    from evaluation import DEFAULT_CKPT, Judge, balanced_labels, fidelity, make_noise
+    from models.evaluation import DEFAULT_CKPT, Judge, balanced_labels, fidelity, make_noise
     from models.checkpoint import load_model
     model, config, _ = load_model(DEFAULT_CKPT, device=torch.device("cpu"))
     shape = (config.in_channels, config.image_size, config.image_size)
@@ -175,7 +175,7 @@ def evaluate(w, args):
 
 def timing(args):
     """Wall time per batch of 100 digits on the DiT, interleaved rounds, median."""
-    from evaluation import balanced_labels, make_noise
+    from models.evaluation import balanced_labels, make_noise
     from models.checkpoint import load_model
     model, config, _ = load_model(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                "checkpoints", "dit_mnist.pt"), device=torch.device("cpu"))
@@ -192,7 +192,7 @@ def timing(args):
                                cfg_scale=1.0)
     times = {k: [] for k in samplers}
     psnr = {}
-    from evaluation import fidelity
+    from models.evaluation import fidelity
     for rnd in tqdm(range(args.repeats + 1), desc="timing rounds"):
         for name, s in samplers.items():
             start = time.perf_counter()
@@ -203,7 +203,7 @@ def timing(args):
                 psnr[name] = res
     ref = psnr["Euler-50"].x.clamp(-1, 1)
     base = statistics.median(times["Euler-50"])
-    from evaluation import Judge
+    from models.evaluation import Judge
     judge = Judge()
     return {name: {"seconds": statistics.median(t), "speedup": base / statistics.median(t),
                    "calls": psnr[name].nfe, "psnr": (fidelity(psnr[name].x.clamp(-1, 1), ref)[0]

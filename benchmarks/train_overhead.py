@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 import train  # noqa: E402
-from evaluation import machine_info, sync  # noqa: E402
+from models.evaluation import machine_info, sync  # noqa: E402
 from models.dit import DIT_CONFIGS, build_dit  # noqa: E402
 
 # name: (dataset, model, batch size)

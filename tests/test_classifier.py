@@ -18,7 +18,7 @@ from models.classifier import (
     save_classifier,
     save_feature_stats,
 )
-from data import read_idx
+from models.data import read_idx
 from train_classifier import load_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

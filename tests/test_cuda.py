@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import fastflow as ff
 import train
-from data import ImageTensorDataset
+from models.data import ImageTensorDataset
 from problems import noise, sharp_mixture
 from test_host_reads import counting_host_reads
 

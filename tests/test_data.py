@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import build_dataset, default_root, read_idx
+from models.data import build_dataset, default_root, read_idx
 
 rng = np.random.default_rng(0)
 

@@ -54,7 +54,7 @@ def test_shipped_model_samples_ten_digits(shipped):
 def test_euler50_samples_are_the_requested_digits(shipped, cfg_scale, min_accuracy):
     """The project's classifier (99.3% on held-out real digits) reads the requested class."""
     import fastflow as ff
-    from evaluation import Judge, balanced_labels, make_noise
+    from models.evaluation import Judge, balanced_labels, make_noise
 
     model, _, _ = shipped
     y = balanced_labels(60, 10)

@@ -107,7 +107,7 @@ def test_device_batches_equal_the_data_loader_batches(mnist_root):
     """The device-resident path draws the same indices and values as the DataLoader, resized too."""
     from torch.utils.data import DataLoader
 
-    from data import build_dataset
+    from models.data import build_dataset
     for size in (None, 16):
         dataset, _ = build_dataset("mnist", str(mnist_root), train=True, image_size=size)
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=1, drop_last=True)

@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import train_overhead  # noqa: E402
-from data import build_dataset  # noqa: E402
+from models.data import build_dataset  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,7 +16,7 @@ import torch
 import fastflow as ff
 from fastflow.metrics import classifier_accuracy, feature_statistics, frechet_distance, psnr, ssim
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 DEFAULT_CKPT = os.path.join(ROOT, "checkpoints", "dit_mnist.pt")
 DEFAULT_CLASSIFIER = os.path.join(ROOT, "checkpoints", "mnist_classifier.pt")
 DEFAULT_FEATURE_STATS = os.path.join(ROOT, "checkpoints", "mnist_feature_stats.pt")

@@ -26,7 +26,7 @@ from torch.utils.data import ConcatDataset, Dataset
 __all__ = ["DatasetInfo", "ImageTensorDataset", "ImageFolderDataset", "build_dataset", "DATASETS",
            "default_root", "read_idx"]
 
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 NORMALIZATION = "x / 127.5 - 1 (uint8 -> [-1, 1])"
 
 
