@@ -42,7 +42,7 @@ def build_sampler(name: str, args, refiner=None) -> ff.Sampler:
         kw = dict(arms=tuple(args.arms), mu=args.mu, bandit=args.bandit) if paper else {}
         return ff.FastFlowSampler(args.steps, calls=args.calls, tolerance=args.tolerance,
                                   policy="paper" if paper else (args.policy or "plan"), order=args.order,
-                                  generator=torch.Generator().manual_seed(args.seed), **kw)
+                                  base=args.base, generator=torch.Generator().manual_seed(args.seed), **kw)
     if name == "teacache":
         return ff.TeaCacheSampler(args.steps, threshold=args.threshold)
     if name == "taylorseer":
@@ -199,6 +199,9 @@ def parse_args(argv=None):
                         "||v_hat - v|| / ||v|| (default: calibrate as max one-step error / T)")
     g.add_argument("--arms", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="paper policy: run lengths")
     g.add_argument("--order", type=int, default=1, help="extrapolation order p")
+    g.add_argument("--base", choices=["euler", "ab2"], default="euler",
+                   help="update the velocities feed: euler (the paper's; reproduces Euler-T) or ab2 (second "
+                        "order; closer to the exact flow at equal calls) (default: euler)")
     g.add_argument("--bandit", choices=sorted(ff.BANDITS), default=None, help="paper policy's bandit (ucb1)")
     g.add_argument("--warmup", type=int, default=10, help="learning-policy warm-up batches on other noise")
     g.add_argument("--warmup-batch-size", type=int, default=25, help="samples per warm-up batch")

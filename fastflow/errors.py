@@ -79,14 +79,16 @@ class TableRecorder:
         order: p.
         max_run: R.
         weights: optional (T,) per-target weights w_j (see the module docstring); default 1.
+        base: whose local error ``euler_errors`` estimates: ``"euler"`` or ``"ab2"``.
     """
 
     def __init__(self, times: Sequence[float] | torch.Tensor, order: int, max_run: int,
-                 weights: Optional[Sequence[float]] = None):
+                 weights: Optional[Sequence[float]] = None, base: str = "euler"):
         self.times = torch.as_tensor(times, dtype=torch.float64)
         self.steps, self.order, self.max_run = len(self.times), order, max_run
         if weights is not None and len(weights) != self.steps:
             raise ValueError(f"need one weight per step, got {len(weights)} for {self.steps} steps")
+        self.base = base
         self.weights = None if weights is None or all(w == 1.0 for w in weights) else [float(w) for w in weights]
         self.span = order * (max_run + 1) + max_run + 1         # how far back a node can lie from a target
         self.entries: list = []                                 # per target j: (index tensor, weights)
@@ -122,7 +124,10 @@ class TableRecorder:
         flat = v.reshape(-1)
         self.window.append(flat)
         if j > 0:  # Euler's local error needs consecutive velocities (see euler_errors)
-            eta = (flat - self.window[j - 1]).norm() / (2 * flat.norm().clamp_min(1e-30))
+            if self.base == "ab2" and j >= 2:  # AB2's local error (5/12) dt^3 |v''|, in units of dt |v|
+                eta = 5 * (flat - 2 * self.window[j - 1] + self.window[j - 2]).norm() / (12 * flat.norm().clamp_min(1e-30))
+            else:  # Euler's (also AB2's first step)
+                eta = (flat - self.window[j - 1]).norm() / (2 * flat.norm().clamp_min(1e-30))
             self.euler_eta.append(eta if self.weights is None else eta * self.weights[j - 1])
         if j - self.span - 1 >= 0:
             self.window[j - self.span - 1] = None  # no longer a node of any entry: free it

@@ -1,11 +1,19 @@
 """FastFlow: Euler sampling that skips model calls by extrapolating the velocity from earlier
 real evaluations (Bajpai et al., ICLR 2026), with the skips chosen by a policy.
 
-Time convention: t = 0 is noise, t = 1 is data, grid t_k = k / T, Euler update
-x_{k+1} = x_k + dt * v_k. On a skipped step v_k is not computed but extrapolated, by
+Time convention: t = 0 is noise, t = 1 is data, grid t_k = k / T (or any ``times``), Euler update
+x_{k+1} = x_k + dt_k * v_k. On a skipped step v_k is not computed but extrapolated, by
 ``fastflow.extrapolate.newton_extrapolate``, from the p + 1 most recent real evaluations
 (p = ``order``). Errors are relative, e = ||v_hat - v|| / ||v|| over the batch
 (``fastflow.errors``).
+
+``base="ab2"`` replaces the Euler update by second-order Adams-Bashforth on the same velocities,
+real or extrapolated: x_{k+1} = x_k + dt_k (b_0 v_k + b_1 v_{k-1}) (Euler at k = 0; variable-step
+b on uneven grids). An extrapolation error eps_j enters two updates with weights b_0 and b_1,
+which sum to 1, so the deviation from the full AB2 run obeys the same bound as for Euler,
+|dev| <= C e^L sum_j dt_j |eps_j| with C = |b_0| + |b_1| (2 on a uniform grid): the same table and
+plans apply. Against the exact flow the error is AB2's O(1/T^2) plus the skips' O(|S| / T^(p+2)),
+so a plan that skips a fixed share of the steps keeps second order (Euler: first).
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ from .field import VelocityField
 from .plan import min_calls, plan_cost, plan_skips, planned_costs
 from .policy import Observation, PaperBanditPolicy, PlanningBanditPolicy, PlanPolicy, SkipPolicy, runs_after
 from .result import SampleResult
-from .solvers import EulerSampler
+from .solvers import AB_COEFFICIENTS, EulerSampler, ab_coefficients
 
 __all__ = ["ExtrapolatedEulerSampler", "extrapolated_euler", "FastFlowSampler", "DEFAULT_TOLERANCE", "DEFAULT_MAX_RUN",
            "POLICIES"]
@@ -33,24 +41,50 @@ __all__ = ["ExtrapolatedEulerSampler", "extrapolated_euler", "FastFlowSampler", 
 STATE_FORMAT = "fastflow-bandit-state"
 STATE_VERSION = 2
 SCHEDULE_FORMAT = "fastflow-skip-schedule"
+BASES = ("euler", "ab2")
 POLICIES = ("plan", "bandit", "paper")
 DEFAULT_TOLERANCE = 1.0
 DEFAULT_MAX_RUN = 6
 
 
-class ExtrapolatedEulerSampler(EulerSampler):
+class _BaseStep(EulerSampler):
+    """The update shared by the skipping samplers: Euler, or AB2 (``base="ab2"``) on the velocities
+    the skip rule returns. The run state must have a ``prev`` attribute (the last velocity used)."""
+
+    def _set_base(self, base: str) -> None:
+        if base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, got {base!r}")
+        self.base = base
+        t = self.times.tolist()
+        self._ab2 = [(1.0,) if k == 0 else (AB_COEFFICIENTS[2] if self.uniform else
+                                           tuple(ab_coefficients([t[k], t[k - 1]], t[k], t[k + 1])))
+                     for k in range(self.steps)]
+
+    def step(self, field, state, k, x):
+        v = self.velocity(field, state, k, x)
+        if self.base == "euler":
+            return x + field.dt(k) * v
+        coeffs, prev = self._ab2[k], state.prev
+        state.prev = v
+        return x + field.dt(k) * (v if len(coeffs) == 1 else coeffs[0] * v + coeffs[1] * prev)
+
+
+class ExtrapolatedEulerSampler(_BaseStep):
     """Euler on a grid (uniform, or ``times``) where the steps in ``skip`` use an extrapolated velocity.
 
     A step k can be skipped only if at least ``order + 1`` real evaluations precede it,
-    so step 0 is never skippable. A run makes exactly T - |skip| model calls and takes no
+    so step 0 is never skippable. ``base="ab2"`` integrates with AB2 instead of Euler (module
+    docstring). A run makes exactly T - |skip| model calls and takes no
     decision at run time. ``save``/``load`` keep the schedule as JSON.
 
     Raises:
         ValueError: for a skip step outside [0, T - 1] or with too few real steps before it.
     """
 
-    def __init__(self, steps: Optional[int], skip: Iterable[int], order: int = 1, *, times=None):
+    def __init__(self, steps: Optional[int], skip: Iterable[int], order: int = 1, *, times=None,
+                 base: str = "euler"):
         super().__init__(steps, times=times)
+        self._set_base(base)
         steps = self.steps
         self.order = check_order(order)
         skip = sorted(set(skip))
@@ -64,20 +98,22 @@ class ExtrapolatedEulerSampler(EulerSampler):
         self.skip = frozenset(skip)
 
     def start(self, field):
-        return History(self.order + 1)
+        return _Run(history=History(self.order + 1), recorder=None)
 
-    def velocity(self, field, history, k, x):
+    def velocity(self, field, run, k, x):
         if k in self.skip:
             field.mark_skipped(k)
-            return history.extrapolate(field.t(k), self.order)
+            return run.history.extrapolate(field.t(k), self.order)
         v = field.at(k, x)
-        history.append(field.t(k), v)
+        run.history.append(field.t(k), v)
         return v
 
     def state_dict(self) -> dict:
         state = {"format": SCHEDULE_FORMAT, "steps": self.steps, "order": self.order, "skip": sorted(self.skip)}
         if not self.uniform:
             state["times"] = self.times.tolist()
+        if self.base != "euler":
+            state["base"] = self.base
         return state
 
     @classmethod
@@ -86,7 +122,8 @@ class ExtrapolatedEulerSampler(EulerSampler):
             raise ValueError(f"not a skip schedule (missing 'format': '{SCHEDULE_FORMAT}')")
         if not isinstance(state.get("skip"), list):
             raise ValueError("skip schedule has no list 'skip'")
-        return cls(state.get("steps"), state["skip"], state.get("order"), times=state.get("times"))
+        return cls(state.get("steps"), state["skip"], state.get("order"), times=state.get("times"),
+                   base=state.get("base", "euler"))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the schedule as JSON, atomically."""
@@ -103,7 +140,8 @@ class ExtrapolatedEulerSampler(EulerSampler):
             raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
-        return f"ExtrapolatedEulerSampler({self.grid_repr()}, skipped={len(self.skip)}, order={self.order})"
+        base = "" if self.base == "euler" else f", base='{self.base}'"
+        return f"ExtrapolatedEulerSampler({self.grid_repr()}, skipped={len(self.skip)}, order={self.order}{base})"
 
 
 def extrapolated_euler(velocity, x_init: torch.Tensor, steps, skip: Iterable[int],
@@ -134,6 +172,7 @@ class _Run:
     pending: Optional[tuple] = None             # (k, gaps, m): decision awaiting its run-end error
     observed: list = dc_field(default_factory=list)   # (k, gaps, lead, 0-d error tensor)
     decisions: list = dc_field(default_factory=list)
+    prev: Optional[torch.Tensor] = None         # the last velocity used (AB2 base)
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> int:
@@ -142,7 +181,7 @@ def _check_int(name: str, value, lo: int, hi: int) -> int:
     return value
 
 
-class FastFlowSampler(EulerSampler):
+class FastFlowSampler(_BaseStep):
     """Euler that extrapolates the velocity on the steps its skip policy picks.
 
     The first call is a full Euler run (nfe == T), the **calibration run**: it records the
@@ -191,6 +230,9 @@ class FastFlowSampler(EulerSampler):
         generator: torch.Generator for randomised bandits (UCB1 and the plans need none).
         explore: the planning bandit's exploration constant c.
         max_run: longest run of skips for the plan and bandit policies (default ``DEFAULT_MAX_RUN``).
+        base: ``"euler"`` (the paper's) or ``"ab2"``: the update the velocities feed (module
+            docstring). With ``"ab2"`` the calibration run is a full AB2 run and the tolerance is
+            relative to AB2's own local error, eta_k = (5/12) |v_{k+1} - 2 v_k + v_{k-1}| / |v_k|.
         times: any grid (T + 1,) from 0 to 1 (``fastflow.grids``). On an uneven grid every error
             of step j (table, observations, eta_j) is weighted by T dt_j, so the summed error
             stays the deviation bound's sum_j dt_j |v_hat_j - v_j| in relative units; on the
@@ -212,8 +254,9 @@ class FastFlowSampler(EulerSampler):
                  policy: Optional[str] = None, arms: Sequence[int] = (0, 1, 2, 3, 4), mu: Optional[float] = None,
                  order: int = 1, bandit: Optional[str] = None, normalize_rewards: bool = True,
                  generator: Optional[torch.Generator] = None, explore: float = 0.5,
-                 max_run: Optional[int] = None, times=None, **bandit_kwargs):
+                 max_run: Optional[int] = None, times=None, base: str = "euler", **bandit_kwargs):
         super().__init__(steps, times=times)
+        self._set_base(base)
         steps = self.steps
         # per-step error weights T dt_j (all 1 on the uniform grid)
         self.weights = [1.0] * steps if self.uniform else (steps * self.times.diff()).tolist()
@@ -294,8 +337,8 @@ class FastFlowSampler(EulerSampler):
         size = self.order + 1
         if not self.calibrated:
             times = [field.t(k) for k in range(field.steps)]
-            return _Run(history=History(size),
-                        recorder=TableRecorder(times, self.order, self.max_run, weights=self.weights))
+            return _Run(history=History(size), recorder=TableRecorder(times, self.order, self.max_run,
+                                                                       weights=self.weights, base=self.base))
         return _Run(history=History(size), recorder=None)
 
     def velocity(self, field: VelocityField, run: _Run, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -391,7 +434,7 @@ class FastFlowSampler(EulerSampler):
     def freeze(self) -> ExtrapolatedEulerSampler:
         """What was learned, as a fixed schedule: no decisions at run time, reproducible,
         savable (``ExtrapolatedEulerSampler.save``)."""
-        return ExtrapolatedEulerSampler(self.steps, self.schedule(), self.order, times=self.times)
+        return ExtrapolatedEulerSampler(self.steps, self.schedule(), self.order, times=self.times, base=self.base)
 
     def planned_error(self, skip: Optional[Iterable[int]] = None) -> float:
         """Summed table error of a skip set (default: the current schedule), relative to the
@@ -425,7 +468,8 @@ class FastFlowSampler(EulerSampler):
     # -- persistence -----------------------------------------------------------------
 
     def _config(self) -> dict:
-        return {"steps": self.steps, "times": None if self.uniform else self.times.tolist(), "order": self.order, "arms": list(self.arms), "max_run": self.max_run,
+        return {"steps": self.steps, "times": None if self.uniform else self.times.tolist(), "base": self.base,
+                "order": self.order, "arms": list(self.arms), "max_run": self.max_run,
                 "policy": self.policy_name,
                 "calls": self.calls, "tolerance": self.tolerance, "bandit": self.bandit_kind,
                 "normalize_rewards": self.normalize_rewards}
@@ -463,7 +507,7 @@ class FastFlowSampler(EulerSampler):
             raise ValueError(f"FastFlow state version {state.get('version')!r} is not supported "
                              f"(expected {STATE_VERSION}); calibrate again")
         mine = self._config()
-        theirs = {key: state.get(key) for key in mine}
+        theirs = {key: state.get(key, "euler" if key == "base" else None) for key in mine}  # v2 files lack base
         if theirs != mine:
             diff = ", ".join(f"{k}={theirs[k]!r} (sampler has {mine[k]!r})" for k in mine if theirs[k] != mine[k])
             raise ValueError(f"state does not match this sampler: {diff}")
@@ -564,4 +608,5 @@ class FastFlowSampler(EulerSampler):
     def __repr__(self) -> str:
         knob = f"calls={self.calls}" if self.calls is not None else (
             f"tolerance={self.tolerance}" if self.tolerance is not None else f"mu={self.mu_init}")
-        return f"FastFlowSampler({self.grid_repr()}, policy='{self.policy_name}', {knob}, order={self.order})"
+        base = "" if self.base == "euler" else f", base='{self.base}'"
+        return f"FastFlowSampler({self.grid_repr()}, policy='{self.policy_name}', {knob}, order={self.order}{base})"

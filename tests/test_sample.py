@@ -32,7 +32,7 @@ def test_same_seed_same_images_and_class_flag(tmp_path):
 
 
 @pytest.mark.parametrize("flags, nfe", [(["--calls", "6"], 6), (["--calls", "5", "--policy", "bandit"], 5),
-                                        (["--tolerance", "1e-9"], 12)])
+                                        (["--tolerance", "1e-9"], 12), (["--calls", "6", "--base", "ab2"], 6)])
 def test_fastflow_knobs_reach_the_sampler(flags, nfe, tmp_path):
     report = tmp_path / "r.json"
     assert cli(["--sampler", "fastflow", "--steps", "12", "--n", "4", "--batch-size", "4", "--quiet", *flags,
