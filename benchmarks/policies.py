@@ -132,6 +132,16 @@ def prepared(w, make, warmup):
     return s, (settle(skips) if skips else 0)
 
 
+VARIABLE_AB2 = "AB2, variable step on the plan's grid"
+
+
+def plan_grid_ab2(fast: ff.FastFlowSampler) -> ff.AdamsBashforthSampler:
+    """Variable-step AB2 evaluated only at the plan's real steps: one longer step per run of skips."""
+    skip = set(fast.schedule())
+    reals = [fast.times[k].item() for k in range(fast.steps) if k not in skip]
+    return ff.AdamsBashforthSampler(times=reals + [1.0], order=2)
+
+
 def configs(budgets, order):
     rows = []
     for K in budgets:
@@ -140,7 +150,9 @@ def configs(budgets, order):
                  ("FastFlow plan", K, lambda K=K: ff.FastFlowSampler(T, calls=K, order=order)),
                  ("FastFlow planning bandit", K, lambda K=K: ff.FastFlowSampler(T, calls=K, policy="bandit",
                                                                                  order=order)),
-                 ("FastFlow paper bandit, budget", K, lambda K=K: ff.FastFlowSampler(T, calls=K, policy="paper"))]
+                 ("FastFlow paper bandit, budget", K, lambda K=K: ff.FastFlowSampler(T, calls=K, policy="paper")),
+                 ("FastFlow plan, AB2 base", K, lambda K=K: ff.FastFlowSampler(T, calls=K, order=order, base="ab2")),
+                 (VARIABLE_AB2, K, lambda K=K: ff.FastFlowSampler(T, calls=K, order=order, base="ab2"))]
     rows += [("Static every other step", None, lambda: ff.ExtrapolatedEulerSampler(T, ff.static_skip_schedule(T))),
              ("FastFlow default", None, lambda: ff.FastFlowSampler(T)),
              ("FastFlow paper config", None, lambda: ff.FastFlowSampler.paper(T))]
@@ -163,6 +175,8 @@ def evaluate(w, args):
         settled = None
         if isinstance(sampler, ff.FastFlowSampler):
             sampler, settled = prepared(w, make, args.warmup)
+            if label == VARIABLE_AB2:
+                sampler, settled = plan_grid_ab2(sampler), None
         x, nfe, results = w.run(sampler)
         row = {"label": label, "budget": K, "sampler": repr(sampler), "calls": nfe, **w.score(x, ref),
                "vs_exact": w.score(x, exact)["dev"]}

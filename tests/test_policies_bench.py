@@ -19,6 +19,9 @@ def test_policies_benchmark_on_the_toy_model(tmp_path):
         assert rows[("FastFlow planning bandit", K)]["calls"] == K
         assert rows[("FastFlow plan", K)]["dev"] < 0.5 * rows[("Euler", K)]["dev"]
         assert 0 <= rows[("FastFlow planning bandit", K)]["batches_to_settle"] <= 3
+        ab2_base, variable = rows[("FastFlow plan, AB2 base", K)], rows[("AB2, variable step on the plan's grid", K)]
+        assert ab2_base["calls"] == variable["calls"] == K
+        assert ab2_base["vs_exact"] < rows[("FastFlow plan", K)]["vs_exact"]  # second order beats first
     assert rows[("Static every other step", None)]["calls"] == 26
     png = out_png.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 500
