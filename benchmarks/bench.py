@@ -74,6 +74,9 @@ def configurations(quick: bool, refiner, mus) -> list[BenchConfig]:
     for K, order in ((20, 1), (16, 1), (14, 2)):
         cfgs.append(BenchConfig("fastflow", f"FastFlow-50 plan K={K}" + (f" order {order}" if order > 1 else ""),
                                 lambda K=K, order=order: ff.FastFlowSampler(50, calls=K, order=order)))
+    for K in (20, 16):  # skipping on a second-order base: closer to the exact flow (docs/theory.md section 5)
+        cfgs.append(BenchConfig("fastflow-ab2", f"FastFlow-50 plan K={K} AB2 base",
+                                lambda K=K: ff.FastFlowSampler(50, calls=K, base="ab2")))
     cfgs.append(BenchConfig("fastflow", "FastFlow-50 planning bandit K=16",
                             lambda: ff.FastFlowSampler(50, calls=16, policy="bandit")))
     cfgs.append(BenchConfig("fastflow", "FastFlow-50 paper config (calibrated mu)", lambda: ff.FastFlowSampler.paper(50)))
@@ -182,13 +185,16 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     finite = [r for r in rows if r.get("psnr") is not None]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    with_exact = [r for r in finite if r.get("psnr_vs_exact") is not None]
+    fig, axes = plt.subplots(1, 4 if with_exact else 3, figsize=(22 if with_exact else 17, 5))
     families = sorted({r["family"] for r in rows})
     colors = dict(zip(families, plt.cm.tab10.colors))
     panels = [("nfe", "psnr", "model calls (NFE)", "PSNR vs Euler-50 (dB)", finite),
               ("seconds_per_batch", "psnr", "wall time per batch (s)", "PSNR vs Euler-50 (dB)", finite),
               ("nfe", "fid_features", "model calls (NFE)", "FID-style distance (classifier features)",
                [r for r in rows if "fid_features" in r])]
+    if with_exact:
+        panels.append(("nfe", "psnr_vs_exact", "model calls (NFE)", "PSNR vs the exact solution (dB)", with_exact))
     for ax, (xk, yk, xl, yl, data) in zip(axes, panels):
         for fam in families:
             pts = sorted((r[xk], r[yk]) for r in data if r["family"] == fam)
