@@ -188,7 +188,7 @@ def plot(rows: list[dict], path: str) -> None:
     with_exact = [r for r in finite if r.get("psnr_vs_exact") is not None]
     fig, axes = plt.subplots(1, 4 if with_exact else 3, figsize=(22 if with_exact else 17, 5))
     families = sorted({r["family"] for r in rows})
-    colors = dict(zip(families, plt.cm.tab10.colors))
+    colors = dict(zip(families, plt.cm.tab20.colors))
     panels = [("nfe", "psnr", "model calls (NFE)", "PSNR vs Euler-50 (dB)", finite),
               ("seconds_per_batch", "psnr", "wall time per batch (s)", "PSNR vs Euler-50 (dB)", finite),
               ("nfe", "fid_features", "model calls (NFE)", "FID-style distance (classifier features)",
