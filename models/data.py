@@ -128,9 +128,36 @@ def build_mnist(root, train, download, image_size):
 # ---------------------------------------------------------------- CIFAR-10
 
 
+# What the CIFAR-10 python batches (and numpy arrays pickled by any protocol) need to rebuild themselves;
+# a pickle naming anything else is refused instead of run.
+SAFE_PICKLE_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that admits only SAFE_PICKLE_GLOBALS (plain containers need no globals)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in SAFE_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
 def _unpickle(path):
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+    """A CIFAR-10 batch file, read without running code from it.
+
+    Raises:
+        ValueError: naming the file, for a pickle that is corrupt or asks for anything but arrays.
+    """
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not a CIFAR-10 batch ({e})") from None
 
 
 def build_cifar10(root, train, download, image_size):

@@ -88,7 +88,8 @@ def test_real_mnist_test_digits():
 # ---------------------------------------------------------------- CIFAR-10 pickles
 
 
-def test_cifar10_pickles(tmp_path):
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])  # the real files are Python 2 pickles
+def test_cifar10_pickles(tmp_path, protocol):
     base = tmp_path / "cifar-10-batches-py"
     base.mkdir()
     batches = {}
@@ -97,7 +98,8 @@ def test_cifar10_pickles(tmp_path):
         labels = rng.integers(0, 10, size=2).tolist()
         batches[name] = (data, labels)
         with open(base / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels, b"filenames": []}, f)
+            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels, b"filenames": []}, f,
+                        protocol=protocol)
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}, f)
 
@@ -110,6 +112,26 @@ def test_cifar10_pickles(tmp_path):
 
     test, _ = build_dataset("cifar10", base, train=False)  # root may also be the batches folder itself
     assert len(test) == 2 and [test[i][1] for i in range(2)] == batches["test_batch"][1]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar_batch_is_refused_without_running_it(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    marker = tmp_path / "pwned"
+    with open(base / "test_batch", "wb") as f:
+        pickle.dump({b"data": _Payload(marker), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match=r"test_batch: not a CIFAR-10 batch \(refusing to load (posix|nt)\.system"):
+        build_dataset("cifar10", tmp_path, train=False)
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- ImageNet 64x64 npz
