@@ -187,6 +187,18 @@ def sample_images(model: DiT, labels: torch.Tensor, steps: int, cfg_scale: float
     return x.clamp(-1, 1).cpu()
 
 
+def keep_log_until(path: str, step: int) -> None:
+    """Drop the log records after ``step`` (written after the checkpoint a run resumes from), so that
+    the resumed run logs each step once."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
 # ---------------------------------------------------------------- setup
 
 
@@ -241,7 +253,20 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on CUDA for models of 10M+ parameters, else fp32 (TF32 on CUDA)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out-dir that already holds a run (its log is restarted)")
+    args = p.parse_args(argv)
+    for name in ("steps", "batch_size", "log_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("ckpt_every", "sample_every", "warmup"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.sample_steps < 2:
+        p.error(f"--sample-steps must be >= 2, got {args.sample_steps}")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    return args
 
 
 # ---------------------------------------------------------------- main
@@ -278,14 +303,21 @@ def main(args):
 
     start_step, elapsed_before = 0, 0.0
     last_path = os.path.join(args.out_dir, "last.pt")
+    log_path = os.path.join(args.out_dir, "log.jsonl")
+    if os.path.isfile(last_path) and not (args.resume or args.overwrite):
+        raise ValueError(f"{args.out_dir} already holds a run ({last_path}); pass --resume to continue it, "
+                         f"--overwrite to start over, or another --out-dir")
     if args.resume and os.path.isfile(last_path):
         ckpt = load_checkpoint(last_path, required=FULL_KEYS, expected_config=config, map_location=device)
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         start_step, elapsed_before = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+        if start_step >= args.steps:
+            raise ValueError(f"{last_path} is at step {start_step} already; --steps {args.steps} must be greater")
         if is_main:
             print(f"resumed from {last_path} at step {start_step}")
+            keep_log_until(log_path, start_step)
     elif args.resume and is_main:
         print(f"--resume: {last_path} not found, starting from scratch")
 
@@ -303,6 +335,8 @@ def main(args):
                             persistent_workers=workers > 0)
     if is_main:
         os.makedirs(args.out_dir, exist_ok=True)
+        if start_step == 0 and os.path.exists(log_path):  # a fresh run (or --overwrite): a fresh log
+            os.remove(log_path)
         feed = f"data on {device}" if on_device else f"DataLoader with {workers} worker(s)"
         print(f"{args.model}: {n_params / 1e6:.2f}M params, {asdict(config)}; data {asdict(info)}; "
               f"{world_size} rank(s) on {device}, {torch.get_num_threads()} threads, {precision}, {feed}")
@@ -343,7 +377,7 @@ def main(args):
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.1e}")
             if is_main:
                 record = dict(step=step, loss=last_loss, lr=lr, elapsed_s=elapsed_before + time.time() - t0)
-                with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
+                with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
         if is_main and args.ckpt_every > 0 and step % args.ckpt_every == 0 and step < args.steps:
             checkpoint(step, elapsed_before + time.time() - t0)
@@ -370,4 +404,11 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    import sys
+
+    from models.checkpoint import CheckpointError
+    try:
+        main(parse_args())
+    except (ValueError, FileNotFoundError, CheckpointError) as e:  # a user's input: one line, no traceback
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,6 +1,7 @@
 """train.py: data order, exact resume, export, and a two-rank torchrun run."""
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -139,3 +140,42 @@ def test_precision_and_data_placement_choices():
     assert not train.keep_data_on_device(folder, cpu, "auto")
     with pytest.raises(ValueError, match="in-memory"):
         train.keep_data_on_device(folder, cpu, "yes")
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_logs_each_step_once(mnist_root, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(mnist_root, out, 4, "--ckpt-every", "2"))
+    with pytest.raises(ValueError, match="already holds a run .*--resume .*--overwrite"):
+        train.main(tiny_args(mnist_root, out, 3))
+    assert load_checkpoint(out / "last.pt", required=FULL_KEYS)["step"] == 4  # untouched
+    with pytest.raises(ValueError, match="at step 4 already; --steps 4 must be greater"):
+        train.main(tiny_args(mnist_root, out, 4, "--resume"))
+    # a run killed after its step-6 log lines but before a step-6 checkpoint: the resume drops them
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 1.0}\n{"step": 6, "loss": 1.0}\n')
+    train.main(tiny_args(mnist_root, out, 6, "--resume"))
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    train.main(tiny_args(mnist_root, out, 2, "--overwrite"))
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be >= 1"), (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--resume", "--overwrite"], "exclude each other")])
+def test_bad_train_flags_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_train_script_reports_a_corrupt_resume_in_one_line(mnist_root, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"not a checkpoint")
+    cmd = [sys.executable, "train.py", "--dataset", "mnist", "--data-root", str(mnist_root), "--steps", "2",
+           "--batch-size", "8", "--out-dir", str(out), "--resume", "--no-progress", "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("train.py: error: ") and "last.pt" in proc.stderr
