@@ -23,7 +23,8 @@ class VelocityField:
     tensor of shape (batch,) with the dtype and device of ``x``.
 
     Every call is checked: the output must have the shape of ``x`` (a host-side check, no sync)
-    and be finite. Finiteness is recorded as an on-device flag per call and read once, by
+    and be finite. An output of another dtype is cast to the dtype of ``x``, so the state keeps the
+    dtype of ``x_init`` (which must be floating point) whatever the model computes in. Finiteness is recorded as an on-device flag per call and read once, by
     ``verify()`` at the end of the run, so the sampling loop never waits on the device for it;
     ``check=False`` skips it.
     """
@@ -34,6 +35,8 @@ class VelocityField:
             raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
         if not isinstance(x_init, torch.Tensor) or x_init.dim() < 1:
             raise ValueError("x_init must be a tensor of shape (batch, ...)")
+        if not x_init.is_floating_point():
+            raise ValueError(f"x_init must be a floating-point tensor (noise), got {x_init.dtype}")
         self.velocity = velocity
         self.extras = extras
         grid = uniform(times) if isinstance(times, int) else check_times(times)
@@ -65,6 +68,8 @@ class VelocityField:
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"velocity returned {got}, expected a tensor of shape {tuple(x.shape)} "
                              f"(call {self.nfe}, t={t:.4f})")
+        if v.dtype != x.dtype:  # the state keeps x_init's dtype: a model in bf16 or fp64 is cast back
+            v = v.to(x.dtype)
         if self.check:
             self._finite.append(torch.isfinite(v).all())
             self._times.append(t)

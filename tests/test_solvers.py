@@ -93,3 +93,13 @@ def test_heun_without_last_correction_never_evaluates_at_t_equal_1():
     ff.HeunSampler(5, correct_last=False).sample(counted, noise(2, 3))
     times = [t[0].item() for t in counted.times]
     assert max(times) == 0.8 and len(times) == 9
+
+
+def test_the_state_keeps_the_dtype_of_x_init_and_integers_are_refused():
+    flow = gaussian()
+    x0 = noise(4, 3).float()
+    for sampler in (ff.EulerSampler(6), ff.AdamsBashforthSampler(6), ff.FastFlowSampler(10, calls=6)):
+        out = sampler.sample(lambda x, t: flow(x.double(), t.double()), x0)  # the model answers in float64
+        assert out.x.dtype == torch.float32
+    with pytest.raises(ValueError, match="x_init must be a floating-point tensor .*torch.int64"):
+        ff.EulerSampler(4).sample(flow, torch.zeros(2, 3, dtype=torch.long))
