@@ -80,17 +80,43 @@ class Bandit:
                 "counts": list(self.counts), "sums": list(self.sums), "sq_sums": list(self.sq_sums)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != self.kind or state.get("n_arms") != self.n_arms:
-            raise ValueError(f"bandit state is for {state.get('kind')} with {state.get('n_arms')} arms, "
+        """Restore the pull statistics; nothing changes unless all of the state is valid.
+
+        Hyperparameters are the constructor's: a state's ``hyper`` may only repeat them (same
+        names, same values), so a file can neither set other attributes nor silently change c,
+        epsilon or the prior.
+
+        Raises:
+            ValueError: naming the field, for another kind or arm count, unknown or missing keys,
+                counts that are not ints >= 0, non-finite sums, negative squared sums, or
+                hyperparameters that are unknown or differ from this bandit's.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"bandit state must be an object, got {type(state).__name__}")
+        keys = {"kind", "n_arms", "hyper", "counts", "sums", "sq_sums"}
+        if set(state) - keys or not {"kind", "n_arms", "counts", "sums", "sq_sums"} <= set(state):
+            raise ValueError(f"bandit state has keys {sorted(state)}, expected {sorted(keys)}")
+        if state["kind"] != self.kind or state["n_arms"] != self.n_arms:
+            raise ValueError(f"bandit state is for {state['kind']} with {state['n_arms']} arms, "
                              f"this is {self.kind} with {self.n_arms}")
         for key in ("counts", "sums", "sq_sums"):
-            if len(state[key]) != self.n_arms:
-                raise ValueError(f"bandit state '{key}' has {len(state[key])} entries, expected {self.n_arms}")
-        self.counts = [int(c) for c in state["counts"]]
-        self.sums = [float(s) for s in state["sums"]]
-        self.sq_sums = [float(s) for s in state["sq_sums"]]
-        for name, value in state.get("hyper", {}).items():
-            setattr(self, name, value)
+            if not isinstance(state[key], list) or len(state[key]) != self.n_arms:
+                raise ValueError(f"bandit state '{key}' must list {self.n_arms} numbers")
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in state["counts"]):
+            raise ValueError(f"bandit state 'counts' must be ints >= 0, got {state['counts']}")
+        if not all(number(v) for v in state["sums"]) or not all(number(v) and v >= 0 for v in state["sq_sums"]):
+            raise ValueError("bandit state 'sums' must be finite and 'sq_sums' finite and >= 0")
+        hyper, mine = state.get("hyper", {}), self.hyperparameters()
+        if not isinstance(hyper, dict) or set(hyper) - set(mine):
+            raise ValueError(f"bandit state 'hyper' may only hold {sorted(mine)}, got {hyper!r}")
+        differ = {k: v for k, v in hyper.items() if v != mine[k]}
+        if differ:
+            raise ValueError(f"bandit state was learned with {differ}, this bandit has "
+                             f"{ {k: mine[k] for k in differ} } (build it with the same hyperparameters)")
+        self.counts = list(state["counts"])
+        self.sums = [float(v) for v in state["sums"]]
+        self.sq_sums = [float(v) for v in state["sq_sums"]]
 
 
 class UCB1(Bandit):

@@ -93,3 +93,24 @@ def test_bad_bandit_input():
         b.update(0, float("nan"))
     with pytest.raises(ValueError, match="for ucb1 with 3 arms"):
         ff.UCB1(4).load_state_dict(b.state_dict())
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"counts": [1, -1, 0]}, "'counts' must be ints >= 0"),
+    ({"counts": [1, 1.5, 0]}, "'counts' must be ints >= 0"),
+    ({"sums": [0.0, float("nan"), 0.0]}, "'sums' must be finite"),
+    ({"sq_sums": [0.0, -1.0, 0.0]}, "'sq_sums' finite and >= 0"),
+    ({"hyper": {"c": 5.0}}, r"learned with \{'c': 5.0\}, this bandit has \{'c': 2.0\}"),
+    ({"hyper": {"__class__": "x"}}, "'hyper' may only hold \\['c'\\]"),
+    ({"extra": 1}, "has keys"),
+    ({"sums": None}, "'sums' must list 3 numbers"),
+])
+def test_bandit_state_is_validated_field_by_field_and_left_untouched_on_error(change, match):
+    b = ff.UCB1(3, c=2.0)
+    b.update(1, 0.5)
+    before = b.state_dict()
+    with pytest.raises(ValueError, match=match):
+        b.load_state_dict({**before, **change})
+    assert b.state_dict() == before
+    b.load_state_dict(before)  # a valid state round-trips
+    assert b.state_dict() == before

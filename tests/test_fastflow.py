@@ -174,7 +174,7 @@ def test_a_state_file_for_another_sampler_or_a_corrupt_one_is_refused(tmp_path):
     broken["bandits"]["20"]["counts"] = [1]
     b = ff.FastFlowSampler(30, mu=0.05)
     before = b.state_dict()
-    with pytest.raises(ValueError, match="'counts' has 1 entries"):
+    with pytest.raises(ValueError, match="'counts' must list 5 numbers"):
         b.load_state_dict(broken)
     assert b.state_dict() == before  # a bad entry leaves the sampler untouched
 
