@@ -53,7 +53,7 @@ def write_fake_data(dataset: str, root: str, n: int, seed: int = 0) -> None:
                 f.write(header + arr.tobytes())
     elif dataset == "cifar10":
         os.makedirs(os.path.join(root, "cifar-10-batches-py"), exist_ok=True)
-        batch = {b"data": g.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(np.arange(n) % 10)}
+        batch = {b"data": g.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": (np.arange(n) % 10).tolist()}
         with open(os.path.join(root, "cifar-10-batches-py", "test_batch"), "wb") as f:
             pickle.dump(batch, f)
     elif dataset == "imagenet64":

@@ -89,7 +89,8 @@ def test_real_mnist_test_digits():
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])  # the real files are Python 2 pickles
-def test_cifar10_pickles(tmp_path, protocol):
+@pytest.mark.parametrize("numpy_labels", [False, True])  # the real files hold ints; files users write may not
+def test_cifar10_pickles(tmp_path, protocol, numpy_labels):
     base = tmp_path / "cifar-10-batches-py"
     base.mkdir()
     batches = {}
@@ -97,8 +98,9 @@ def test_cifar10_pickles(tmp_path, protocol):
         data = rng.integers(0, 256, size=(2, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=2).tolist()
         batches[name] = (data, labels)
+        stored = list(np.array(labels)) if numpy_labels else labels
         with open(base / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels, b"filenames": []}, f,
+            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": stored, b"filenames": []}, f,
                         protocol=protocol)
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}, f)
