@@ -13,18 +13,22 @@ Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import fastflow as ff
-from models.evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER, Judge,
-                        balanced_labels, fidelity, machine_info, make_noise, run_batched, save_grid)
+from fastflow.atomic import atomic_write
+from fastflow.metrics import classifier_accuracy
+from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int, positive_float,
+                        positive_int, resolve_device, run_cli, seed_int)
+from models.evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_REFINER, balanced_labels, fidelity,
+                               machine_info, make_noise, run_batched)
 
 SAMPLER_CHOICES = ["euler", "heun", "ab2", "fastflow", "teacache", "taylorseer", "static", "flowturbo"]
 
@@ -65,33 +69,107 @@ def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, d
         sampler.sample(velocity, x0, y=labels.to(device), cfg_scale=args.cfg)
 
 
-def side_by_side(left: torch.Tensor, right: torch.Tensor, path: str, nrow: int) -> None:
-    """Two image grids next to each other, separated by a blank column."""
+def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] as one (C, H', W') grid in [0, 1]."""
     from torchvision.utils import make_grid
-    grids = [make_grid((im + 1) / 2, nrow=nrow, padding=2, pad_value=1.0) for im in (left, right)]
+    return make_grid((images.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Two image grids next to each other, separated by a blank column."""
+    grids = [grid_image(im, nrow) for im in (left, right)]
     gap = torch.ones(grids[0].shape[0], grids[0].shape[1], 8)
+    return torch.cat([grids[0], gap, grids[1]], dim=2)
+
+
+def write_png(grid: torch.Tensor, path: str) -> None:
     from torchvision.utils import save_image
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_image(torch.cat([grids[0], gap, grids[1]], dim=2), path)
+    atomic_write(path, lambda f: save_image(grid, f, format="PNG"))
 
 
-def load(args):
+def write_npz(images: torch.Tensor, labels: torch.Tensor, path: str) -> None:
+    """uint8 N x H x W x C images and their labels, at exactly ``path`` (no suffix added)."""
+    u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    atomic_write(path, lambda f: np.savez(f, images=u8, labels=labels.numpy()))
+
+
+def write_json(report: dict, path: str) -> None:
+    atomic_write(path, lambda f: json.dump(report, f, indent=1), binary=False)
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, loaded and checked before the first model call."""
+    device: torch.device
+    model: torch.nn.Module
+    config: object
+    samplers: dict
+    classifier: object = None
+    outputs: dict = field(default_factory=dict)  # flag -> path, every one proved writable
+
+
+def prepare(args) -> Setup:
+    """Check every flag, path and file a run will touch, so that a run that cannot finish its
+    outputs never starts. Raises ValueError or OSError naming the flag and the path."""
     from models.checkpoint import load_model
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
+    names = ["euler", "fastflow"] if args.sampler is None else [args.sampler]
+    outputs = {"--out": args.out or ("results/euler_vs_fastflow.png" if args.sampler is None
+                                     else f"results/samples_{args.sampler}.png")}
+    for flag, path in (("--out-npz", args.out_npz), ("--report-json", args.report_json)):
+        if path:
+            outputs[flag] = path
+    if args.bandit_state and "fastflow" in names:
+        outputs["--bandit-state"] = args.bandit_state
+    for flag, path in outputs.items():
+        check_writable(path, flag)
+    if len(set(os.path.abspath(p) for p in outputs.values())) < len(outputs):
+        raise ValueError(f"two outputs share one path: {outputs}")
+
     model, config, _ = load_model(args.ckpt, device=device)
-    if args.n <= 0:
-        raise ValueError(f"--n must be > 0, got {args.n}")
     if args.cls is not None and not 0 <= args.cls < config.num_classes:
         raise ValueError(f"--class {args.cls} is out of range: the model has classes 0..{config.num_classes - 1}")
     refiner = None
     if args.sampler == "flowturbo":
-        from models.refiner import load_refiner
-        refiner = load_refiner(args.refiner, model, device=device)
-    return model, config, device, refiner
+        from models.refiner import load_refiner, parse_turbo
+        if parse_turbo(args.turbo)[2] > 0:
+            refiner = load_refiner(args.refiner, model, device=device)
+    samplers = {name: build_sampler(name, args, refiner) for name in names}
+    for sampler in samplers.values():
+        if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state and os.path.exists(args.bandit_state):
+            sampler.load_state(args.bandit_state)
+
+    classifier = None
+    if args.classifier is not None or os.path.exists(DEFAULT_CLASSIFIER):
+        from models.classifier import load_classifier
+        classifier = load_classifier(args.classifier or DEFAULT_CLASSIFIER)
+    elif not args.quiet:
+        print(f"no classifier at {DEFAULT_CLASSIFIER}: accuracy is not reported (pass --classifier)")
+    return Setup(device, model, config, samplers, classifier, outputs)
+
+
+def write_outputs(writers: dict) -> None:
+    """Write every output; one that fails does not stop the others.
+
+    Args:
+        writers: flag -> (path, write()) in the order to write.
+    Raises:
+        OSError: after trying them all, naming each output that failed and those that were written.
+    """
+    failed, written = [], []
+    for flag, (path, write) in writers.items():
+        try:
+            write()
+            written.append(f"{flag} {path}")
+        except (OSError, ValueError, RuntimeError) as e:
+            failed.append(f"{flag} {path} ({' '.join(str(e).split())})")
+    if failed:
+        raise OSError(f"could not write {'; '.join(failed)}; written: {', '.join(written) or 'nothing'}")
 
 
 def main(args) -> dict:
-    model, config, device, refiner = load(args)
+    setup = prepare(args)
+    model, config, device = setup.model, setup.config, setup.device
     shape = (config.in_channels, config.image_size, config.image_size)
     labels = balanced_labels(args.n, config.num_classes, args.cls)
     x0 = make_noise(args.n, shape, args.seed)
@@ -100,57 +178,48 @@ def main(args) -> dict:
         velocity(x=x0[:2].to(device), t=torch.zeros(2, device=device), y=labels[:2].to(device), cfg_scale=args.cfg)
     progress = (lambda it: tqdm(it, desc="batches", leave=False)) if not args.quiet else None
 
-    names = ["euler", "fastflow"] if args.sampler is None else [args.sampler]
-    runs, samplers = {}, {}
-    for name in names:
-        sampler = build_sampler(name, args, refiner)
+    runs = {}
+    for name, sampler in setup.samplers.items():
         if isinstance(sampler, ff.FastFlowSampler):
-            if args.bandit_state and os.path.exists(args.bandit_state):
-                sampler.load_state(args.bandit_state)
             warm_up_bandit(sampler, velocity, shape, labels[:args.warmup_batch_size], args, device)
         runs[name] = run_batched(sampler, velocity, x0, labels, args.batch_size, device, progress, cfg_scale=args.cfg)
-        samplers[name] = sampler
-        if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state:
-            sampler.save_state(args.bandit_state)
 
-    judge = Judge(args.classifier, args.feature_stats) if os.path.exists(args.classifier) else None
     rows = []
     base = runs.get("euler")
     for name, run in runs.items():
-        row = {"sampler": name, "steps": args.steps, "nfe": run.nfe, "sampling_seconds": run.seconds}
+        sampler = setup.samplers[name]
+        row = {"sampler": name, "steps": sampler.steps, "nfe": run.nfe, "sampling_seconds": run.seconds}
         if base is not None:
             row["speedup"] = base.seconds / run.seconds
             if run is not base:
                 row["psnr_vs_euler"], row["ssim_vs_euler"] = fidelity(run.images, base.images)
-        if judge is not None:
-            row["accuracy"] = judge.accuracy(run.images, labels)
-        if isinstance(samplers[name], ff.FastFlowSampler):
-            row.update(policy=samplers[name].policy_name, calls_target=samplers[name].calls_target,
-                       mu=samplers[name].mu)
-        if isinstance(samplers[name], ff.FlowTurboSampler):
+        if setup.classifier is not None:
+            row["accuracy"] = classifier_accuracy(setup.classifier, run.images, labels)
+        if isinstance(sampler, ff.FastFlowSampler):
+            row.update(policy=sampler.policy_name, calls_target=sampler.calls_target, mu=sampler.mu)
+        if isinstance(sampler, ff.FlowTurboSampler):
+            row["turbo"] = f"H{sampler.heun}P{sampler.pseudo}R{sampler.refine}"
             row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
         rows.append(row)
-
-    nrow = min(10, args.n)
-    if args.sampler is None:
-        out = args.out or "results/euler_vs_fastflow.png"
-        side_by_side(runs["euler"].images, runs["fastflow"].images, out, nrow)
-    else:
-        out = args.out or f"results/samples_{args.sampler}.png"
-        save_grid(runs[args.sampler].images, out, nrow)
     print_table(rows)
-    print(f"grid: {out}")
 
-    if args.out_npz:
-        images = runs[names[-1]].images
-        u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        np.savez(args.out_npz, images=u8, labels=labels.numpy())
-    report = {**rows[-1], "sampler": names[-1], "n": args.n, "seed": args.seed, "cfg": args.cfg,
-              "batch_size": args.batch_size, "rows": rows, "machine": machine_info(device)}
-    if args.report_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.report_json)), exist_ok=True)
-        with open(args.report_json, "w") as f:
-            json.dump(report, f, indent=1)
+    last = list(runs)[-1]
+    nrow = min(10, args.n)
+    grid = (side_by_side(runs["euler"].images, runs["fastflow"].images, nrow) if args.sampler is None
+            else grid_image(runs[last].images, nrow))
+    report = {**rows[-1], "n": args.n, "seed": args.seed, "cfg": args.cfg, "batch_size": args.batch_size,
+              "rows": rows, "machine": machine_info(device)}
+    out = setup.outputs
+    writers = {"--out": (out["--out"], lambda: write_png(grid, out["--out"]))}
+    if "--out-npz" in out:
+        writers["--out-npz"] = (out["--out-npz"], lambda: write_npz(runs[last].images, labels, out["--out-npz"]))
+    if "--bandit-state" in out:
+        writers["--bandit-state"] = (out["--bandit-state"], lambda: setup.samplers["fastflow"].save_state(
+            out["--bandit-state"]))
+    if "--report-json" in out:
+        writers["--report-json"] = (out["--report-json"], lambda: write_json(report, out["--report-json"]))
+    write_outputs(writers)
+    print(f"grid: {out['--out']}")
     return report
 
 
@@ -163,69 +232,70 @@ def print_table(rows: list[dict]) -> None:
               f"{fmt(r.get('psnr_vs_euler'), '8.2f')} {fmt(r.get('ssim_vs_euler'), '6.4f')} {fmt(r.get('accuracy'), '6.3f')}")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments on a single line."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv=None):
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="sample.py", description=__doc__)
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="model checkpoint (default: the shipped MNIST DiT)")
     p.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
                    help="one sampler; omit to compare Euler and FastFlow side by side")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--n", type=int, default=100, help="number of samples")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="grid steps T (FlowTurbo ignores it: its blocks set the steps)")
+    p.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--num-samples", "--n", dest="n", type=positive_int, default=100, help="number of samples")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="samples per sampler call")
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed; labels are 0, 1, 2, ... in turn")
     p.add_argument("--class", dest="cls", type=int, default=None, help="one class for all samples")
-    p.add_argument("--out", default=None, help="PNG grid path")
-    p.add_argument("--out-npz", default=None, help="write images (uint8, N x H x W x C) and labels here")
-    p.add_argument("--report-json", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default=None, help="PNG grid path (default: results/euler_vs_fastflow.png, or "
+                                               "results/samples_<sampler>.png with --sampler)")
+    p.add_argument("--out-npz", default=None, help="write images (uint8, N x H x W x C) and labels to exactly "
+                                                   "this path")
+    p.add_argument("--report-json", default=None, help="write the table and settings as JSON here")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     g = p.add_argument_group("FastFlow (first batch: a full calibration run on other noise)")
     g.add_argument("--policy", choices=list(ff.POLICIES), default=None,
                    help="how skips are chosen: the optimal plan of the calibration run, a planning bandit, or the "
                         "paper's per-step bandit (default: plan; paper if --mu or --bandit is given)")
-    g.add_argument("--calls", type=int, default=None, help="model calls per run (exclusive with --tolerance)")
-    g.add_argument("--tolerance", type=float, default=None,
+    g.add_argument("--calls", type=positive_int, default=None,
+                   help="model calls per run (exclusive with --tolerance)")
+    g.add_argument("--tolerance", type=positive_float, default=None,
                    help="dimensionless: the skips may add this times Euler-T's own estimated error; fewest calls "
                         f"that fit (default {ff.DEFAULT_TOLERANCE:g} when --calls is not given)")
-    g.add_argument("--mu", type=float, default=None,
+    g.add_argument("--mu", type=nonnegative_float, default=None,
                    help="paper policy: reward per skipped step, in units of relative velocity error "
                         "||v_hat - v|| / ||v|| (default: calibrate as max one-step error / T)")
-    g.add_argument("--arms", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="paper policy: run lengths")
-    g.add_argument("--order", type=int, default=1, help="extrapolation order p")
+    g.add_argument("--arms", type=nonnegative_int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="paper policy: the run lengths (steps skipped in a row) the bandit chooses among")
+    g.add_argument("--order", type=positive_int, default=1,
+                   help="extrapolation order p: a skipped velocity is the degree-p polynomial through the last "
+                        "p + 1 real ones")
     g.add_argument("--base", choices=["euler", "ab2"], default="euler",
                    help="update the velocities feed: euler (the paper's; reproduces Euler-T) or ab2 (second "
-                        "order; closer to the exact flow at equal calls) (default: euler)")
+                        "order; closer to the exact flow at equal calls)")
     g.add_argument("--bandit", choices=sorted(ff.BANDITS), default=None, help="paper policy's bandit (ucb1)")
-    g.add_argument("--warmup", type=int, default=10, help="learning-policy warm-up batches on other noise")
-    g.add_argument("--warmup-batch-size", type=int, default=25, help="samples per warm-up batch")
+    g.add_argument("--warmup", type=nonnegative_int, default=10,
+                   help="learning-policy warm-up batches on other noise")
+    g.add_argument("--warmup-batch-size", type=positive_int, default=25, help="samples per warm-up batch")
     g.add_argument("--bandit-state", default=None, help="load the bandit from FILE if it exists, save it back")
     g = p.add_argument_group("other samplers")
-    g.add_argument("--threshold", type=float, default=0.1, help="TeaCache relative-L1 threshold")
-    g.add_argument("--interval", type=int, default=3, help="TaylorSeer full-step interval")
-    g.add_argument("--turbo", default="H1P5R3", help="FlowTurbo blocks, e.g. H1P5R3")
-    g.add_argument("--refiner", default=DEFAULT_REFINER)
+    g.add_argument("--threshold", type=nonnegative_float, default=0.1, help="TeaCache relative-L1 threshold")
+    g.add_argument("--interval", type=positive_int, default=3, help="TaylorSeer full-step interval")
+    g.add_argument("--turbo", default="H1P5R3", help="FlowTurbo blocks: Heun, pseudo-corrector, refiner counts")
+    g.add_argument("--refiner", default=DEFAULT_REFINER, help="FlowTurbo's velocity refiner checkpoint")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
-    g.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS)
-    return p.parse_args(argv)
+    g.add_argument("--classifier", default=None,
+                   help=f"digit classifier for the accuracy column (default: {DEFAULT_CLASSIFIER} if present; "
+                        "a path given here must exist)")
+    args = p.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        p.error(f"argument --device: {e}")
+    return args
 
 
 def cli(argv=None) -> int:
     """Run sample.py; bad input ends with a one-line error and exit status 1 (2 for bad flags)."""
-    args = parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, OSError, KeyError) as e:
-        print(f"sample.py: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(main, parse_args(argv), "sample.py")
 
 
 if __name__ == "__main__":

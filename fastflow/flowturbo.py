@@ -53,6 +53,11 @@ class FlowTurboSampler(Sampler):
         refiner: callable ``refiner(x=x, t=t, u=u, **extras) -> correction`` shaped like x;
             required when refine > 0. Extras are the ones given to ``sample``.
         refiner_form: "consistent" (default) or "published".
+
+    Raises:
+        ValueError: for negative or non-int counts, fewer than 2 blocks, pseudo blocks without a
+            Heun block, refiner blocks without a refiner or a block before them, an unknown
+            ``refiner_form``, or a bad grid.
     """
 
     def __init__(self, heun: int, pseudo: int = 0, refine: int = 0,
@@ -67,6 +72,9 @@ class FlowTurboSampler(Sampler):
             raise ValueError(f"refine={c} needs a refiner")
         if refiner_form not in REFINER_FORMS:
             raise ValueError(f"refiner_form must be one of {REFINER_FORMS}, got {refiner_form!r}")
+        if a + b + c < 2:
+            raise ValueError(f"FlowTurbo needs at least 2 blocks in all (heun + pseudo + refine), got "
+                             f"H{a}P{b}R{c}")
         super().__init__(a + b + c, times=times)
         self.heun, self.pseudo, self.refine = a, b, c
         self.refiner = refiner

@@ -95,8 +95,9 @@ def test_bad_configurations():
         ff.FlowTurboSampler(heun=2, refine=3)
     with pytest.raises(ValueError, match="refiner blocks need"):
         ff.FlowTurboSampler(heun=0, refine=3, refiner=lambda x, t, u: u)
-    with pytest.raises(ValueError, match="steps must be >= 2"):
-        ff.FlowTurboSampler(heun=1)
+    for counts in ((1, 0, 0), (0, 0, 0)):  # H0P0R0 names the blocks, not the steps they would make
+        with pytest.raises(ValueError, match=rf"at least 2 blocks in all .*, got H{counts[0]}P0R0"):
+            ff.FlowTurboSampler(*counts)
     with pytest.raises(ValueError, match="refiner_form"):
         ff.FlowTurboSampler(heun=1, refine=1, refiner=lambda x, t, u: u, refiner_form="other")
     with pytest.raises(ValueError, match="refiner returned"):

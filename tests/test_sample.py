@@ -65,7 +65,6 @@ def test_bandit_state_is_loaded_and_saved_back(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--ckpt", "/nonexistent/model.pt"], "model.pt"),
     (["--class", "10"], "--class 10 is out of range"),
-    (["--n", "0"], "--n must be > 0"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, capsys, tmp_path):
     assert cli([*argv, "--sampler", "euler", "--steps", "2", "--quiet", "--out", str(tmp_path / "g.png")]) == 1
@@ -83,3 +82,101 @@ def test_corrupt_checkpoint_and_unknown_sampler(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "invalid choice: 'rk45'" in err
+
+
+# ---------------------------------------------------------------- checked before any work, nothing lost
+
+
+@pytest.fixture
+def count_runs(monkeypatch):
+    """Counts sampling runs: a refused run must not have started one."""
+    import sample
+    calls = []
+    real = sample.run_batched
+    monkeypatch.setattr(sample, "run_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "argument --num-samples/--n: expected an integer >= 1, got '0'"),
+    (["--batch-size", "-1"], "argument --batch-size: expected an integer >= 1, got '-1'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1"),
+    (["--seed", "1e20"], "argument --seed: expected an integer seed"),
+    (["--seed", str(2 ** 70)], "argument --seed: expected an integer seed"),
+    (["--mu", "inf"], "argument --mu: expected a finite number >= 0, got 'inf'"),
+    (["--cfg", "nan"], "argument --cfg: expected a finite number, got 'nan'"),
+    (["--tolerance", "0"], "argument --tolerance: expected a finite number > 0"),
+    (["--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
+    (["--warmup-batch-size", "0"], "argument --warmup-batch-size: expected an integer >= 1"),
+    (["--device", "tpu"], "argument --device: unknown device 'tpu'"),
+])
+def test_bad_flags_exit_2_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["--sampler", "fastflow", *argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("sample.py: error:") and message in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:7"])
+def test_missing_cuda_is_a_bad_flag(device, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["--device", device])
+    assert e.value.code == 2 and "CUDA requested" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--bandit-state", "--out-npz", "--report-json", "--out"])
+def test_an_unwritable_output_stops_the_run_before_sampling(flag, tmp_path, capsys, count_runs):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    bad = str(blocker / "x.out")  # its folder cannot be created
+    outputs = {"--out": str(tmp_path / "g.png"), "--out-npz": str(tmp_path / "a.npz"),
+               "--report-json": str(tmp_path / "r.json"), "--bandit-state": str(tmp_path / "s.json")}
+    outputs[flag] = bad
+    argv = ["--sampler", "fastflow", *FAST] + [a for kv in outputs.items() for a in kv]
+    assert cli(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{flag} {bad}: cannot write there" in err and ".tmp" not in err
+    assert count_runs == [] and sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing sampled or written
+
+
+def test_bad_files_are_read_before_sampling(tmp_path, capsys, count_runs):
+    truncated = tmp_path / "clf.pt"
+    truncated.write_bytes(b"PK\x03\x04 truncated")
+    assert cli(["--sampler", "euler", *FAST, "--classifier", str(truncated), "--out", str(tmp_path / "g.png")]) == 1
+    assert str(truncated) in capsys.readouterr().err
+    state = tmp_path / "state.json"
+    state.write_bytes(b"\xff\xfe not json")
+    assert cli(["--sampler", "fastflow", *FAST, "--bandit-state", str(state), "--out", str(tmp_path / "g.png")]) == 1
+    assert f"{state}: corrupt FastFlow state file (not UTF-8 text)" in capsys.readouterr().err
+    assert cli(["--sampler", "euler", *FAST, "--classifier", str(tmp_path / "missing.pt"),
+                "--out", str(tmp_path / "g.png")]) == 1  # a classifier asked for must exist
+    assert "missing.pt" in capsys.readouterr().err
+    assert cli(["--sampler", "flowturbo", *FAST, "--turbo", "H0P0R0", "--out", str(tmp_path / "g.png")]) == 1
+    assert "at least 2 blocks" in capsys.readouterr().err
+    assert count_runs == [] and not (tmp_path / "g.png").exists()
+
+
+def test_outputs_go_to_the_exact_paths_and_missing_folders_are_made(tmp_path):
+    npz, report = tmp_path / "new" / "samples", tmp_path / "other" / "r.json"  # no .npz suffix
+    assert cli(["--sampler", "flowturbo", "--turbo", "H2P1", *FAST, "--out", str(tmp_path / "g.png"),
+                "--out-npz", str(npz), "--report-json", str(report)]) == 0
+    assert np.load(npz)["images"].shape == (6, 28, 28, 1) and not npz.with_suffix(".npz").exists()
+    r = json.loads(report.read_text())
+    assert r["steps"] == 3 and r["turbo"] == "H2P1R0" and r["nfe"] == 5  # the blocks' steps, not --steps 4
+
+
+def test_one_failed_output_does_not_lose_the_others(tmp_path, capsys, monkeypatch):
+    import sample
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(sample, "write_npz", broken)
+    paths = {"--out": tmp_path / "g.png", "--out-npz": tmp_path / "a.npz", "--report-json": tmp_path / "r.json",
+             "--bandit-state": tmp_path / "s.json"}
+    assert cli(["--sampler", "fastflow", *FAST, "--warmup", "0"] + [str(a) for kv in paths.items() for a in kv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"could not write --out-npz {paths['--out-npz']}" in err
+    assert "No space left on device" in err and "written: --out" in err
+    assert paths["--out"].exists() and paths["--report-json"].exists() and paths["--bandit-state"].exists()
+    assert json.loads(paths["--report-json"].read_text())["nfe"] > 0 and not paths["--out-npz"].exists()
