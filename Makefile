@@ -31,8 +31,10 @@ bench: bench-deps
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/policies.py --timing
 
-bench-smoke: install
-	$(PY) -m pytest tests/test_bench.py tests/test_policies_bench.py
+SMOKE_DIR ?= /tmp/fastflow-bench-smoke
+bench-smoke: install  # the benchmark end to end at tiny sizes (about a minute): outputs in $(SMOKE_DIR)
+	$(PY) benchmarks/bench.py --n 8 --batch-size 8 --repeats 1 --warmup 1 --quick --exact-steps 20 \
+		--out-json $(SMOKE_DIR)/bench.json --out-plot $(SMOKE_DIR)/pareto.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,13 +9,17 @@ feature space of the project's digit classifier (not Inception FID).
 
 FastFlow is measured as it would be used: its bandit is first warmed up on --warmup
 batches of other noise (its state persisting), then measured on the evaluation noise.
+A learning policy keeps learning from batch to batch of that measurement, so its timed runs
+replay the measurement's first batch from the state it started from (a copy taken after the
+warm-up): the calls and decisions that are timed are the ones whose quality is reported, and
+the NFE column counts that batch (``nfe_all_batches`` in the JSON is the mean over all of them).
 
     python benchmarks/bench.py                       # full run (minutes on 2 CPU cores)
-    python benchmarks/bench.py --n 8 --batch-size 8 --repeats 1 --warmup 1 --quick   # smoke
+    python benchmarks/bench.py --n 8 --batch-size 8 --repeats 1 --warmup 1 --quick   # smoke (make bench-smoke)
 """
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import os
 import statistics
@@ -29,8 +33,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
+from fastflow.atomic import atomic_write  # noqa: E402
+from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,  # noqa: E402
+                        positive_int, resolve_device, run_cli, seed_int)
 from models.evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER,  # noqa: E402
-                        Judge, balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
+                               Judge, balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
 
 
 class TimedVelocity:
@@ -115,16 +122,27 @@ def configurations(quick: bool, refiner, mus) -> list[BenchConfig]:
 
 
 def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, reference, exact=None):
+    """Quality of one configuration on the evaluation noise.
+
+    Returns:
+        (row, images, for_timing): ``for_timing()`` gives the sampler to time, in the state it
+        had when the measurement's first batch started (a fresh copy each call for FastFlow).
+    """
     sampler = cfg.make()
     extras = {"cfg_scale": args.cfg}
     if isinstance(sampler, ff.FastFlowSampler):  # learn on other noise first, as a user would
+        yw = labels[torch.arange(args.warmup_batch_size) % labels.shape[0]].to(device)  # any size fits
         for i in range(args.warmup * cfg.warmup_factor):
             xw = make_noise(args.warmup_batch_size, tuple(x0.shape[1:]), seed=args.seed + 7919 * (i + 1)).to(device)
-            sampler.sample(velocity, xw, y=labels[:args.warmup_batch_size].to(device), **extras)
+            sampler.sample(velocity, xw, y=yw, **extras)
+        snapshot = copy.deepcopy(sampler)
+        for_timing = lambda: copy.deepcopy(snapshot)  # noqa: E731
+    else:
+        for_timing = lambda: sampler  # noqa: E731
     timed = TimedVelocity(velocity, device)
     run = run_batched(sampler, timed, x0, labels, args.batch_size, device, None, **extras)
-    row = {"family": cfg.family, "label": cfg.label, "sampler": repr(sampler), "nfe": run.nfe,
-           "overhead_share": max(run.seconds - timed.seconds, 0.0) / run.seconds}
+    row = {"family": cfg.family, "label": cfg.label, "sampler": repr(sampler), "nfe": run.results[0].nfe,
+           "nfe_all_batches": run.nfe, "overhead_share": max(run.seconds - timed.seconds, 0.0) / run.seconds}
     if isinstance(sampler, ff.FlowTurboSampler):
         row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
     if reference is not None:
@@ -140,16 +158,22 @@ def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, referen
     if judge is not None:
         row["accuracy"] = judge.accuracy(run.images, labels)
         row["fid_features"] = judge.fid(run.images)
-    return row, run.images, sampler
+    return row, run.images, for_timing
 
 
-def time_interleaved(samplers, velocity, xb, yb, args, device) -> list[list[float]]:
+def time_interleaved(factories, velocity, xb, yb, args, device) -> list[list[float]]:
     """Wall time of one batch for every sampler, in ``args.repeats`` round-robin rounds after one
     untimed round, so that slow drifts of a shared machine hit every sampler alike.
-    Returns the times and the NFE of each timed run, per sampler."""
-    times, nfes = [[] for _ in samplers], [[] for _ in samplers]
+
+    Args:
+        factories: per configuration, a callable giving the sampler to time (called outside the
+            timed region before every run, so a learning policy replays the same state).
+    Returns:
+        the times and the NFE of each timed run, per configuration."""
+    times, nfes = [[] for _ in factories], [[] for _ in factories]
     for rnd in tqdm(range(args.repeats + 1), desc="timing rounds"):
-        for i, sampler in enumerate(samplers):
+        for i, factory in enumerate(factories):
+            sampler = factory()
             sync(device)
             start = time.perf_counter()
             res = sampler.sample(velocity, xb, y=yb, cfg_scale=args.cfg)
@@ -212,21 +236,25 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(args):
+    """Run the benchmark; every input file and output path is checked before the first sample."""
     from models.checkpoint import load_model
+    check_writable(args.out_json, "--out-json")
+    check_writable(args.out_plot, "--out-plot")
     torch.set_num_threads(args.threads) if args.threads else None
-    device = torch.device("cuda" if torch.cuda.is_available() and args.device == "auto" else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     model, config, _ = load_model(args.ckpt, device=device)
     refiner = None
-    if os.path.exists(args.refiner):
+    if args.refiner is not None or os.path.exists(DEFAULT_REFINER):  # a refiner asked for must exist
         from models.refiner import load_refiner
-        refiner = load_refiner(args.refiner, model, device=device)
-    judge = Judge(args.classifier, args.feature_stats) if os.path.exists(args.classifier) else None
+        refiner = load_refiner(args.refiner or DEFAULT_REFINER, model, device=device)
+    judge = None
+    if args.classifier is not None or os.path.exists(DEFAULT_CLASSIFIER):
+        judge = Judge(args.classifier or DEFAULT_CLASSIFIER, args.feature_stats)
     shape = (config.in_channels, config.image_size, config.image_size)
     x0, labels = make_noise(args.n, shape, args.seed), balanced_labels(args.n, config.num_classes)
     velocity = model.forward_with_cfg
     mus = [None] + args.mu
-    rows, samplers, reference = [], [], None
+    rows, factories, reference = [], [], None
     cfgs = configurations(args.quick, refiner, mus)
     exact = None
     if args.exact_steps:  # a converged solution of the model's ODE from the same noise (see --exact-steps)
@@ -234,14 +262,14 @@ def main(args):
                             args.batch_size, device, lambda it: tqdm(it, desc="exact solution"),
                             cfg_scale=args.cfg).images
     for cfg in tqdm(cfgs, desc="samplers"):
-        row, images, sampler = measure(cfg, velocity, x0, labels, args, device, judge, reference, exact)
+        row, images, for_timing = measure(cfg, velocity, x0, labels, args, device, judge, reference, exact)
         if cfg.label == "Euler-50":
             reference = images
             row["psnr"], row["ssim"] = None, 1.0  # the reference itself
         rows.append(row)
-        samplers.append(sampler)
-    xb, yb = x0[:args.batch_size].to(device), labels[:args.batch_size].to(device)
-    times, nfes = time_interleaved(samplers, velocity, xb, yb, args, device)
+        factories.append(for_timing)
+    xb, yb = x0[:args.batch_size].to(device), labels[:args.batch_size].to(device)  # the first batch
+    times, nfes = time_interleaved(factories, velocity, xb, yb, args, device)
     for r, t, n in zip(rows, times, nfes):
         r["seconds_per_batch"], r["timed_runs"] = statistics.median(t), t
         r["timed_nfe"] = sum(n) / len(n)
@@ -250,9 +278,7 @@ def main(args):
         r["speedup"] = euler50["seconds_per_batch"] / r["seconds_per_batch"]
         r["seconds_per_call"] = r["seconds_per_batch"] / r["timed_nfe"]
     result = {"machine": machine_info(device), "args": vars(args), "rows": rows, "targets": targets(rows)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
-    with open(args.out_json, "w") as f:
-        json.dump(result, f, indent=1, allow_nan=False)
+    atomic_write(args.out_json, lambda f: json.dump(result, f, indent=1, allow_nan=False), binary=False)
     plot(rows, args.out_plot)
     print_table(rows, result["machine"])
     for label, t in result["targets"].items():
@@ -277,30 +303,40 @@ def print_table(rows, machine):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default=DEFAULT_CKPT)
-    p.add_argument("--refiner", default=DEFAULT_REFINER)
-    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
-    p.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS)
-    p.add_argument("--n", type=int, default=300, help="evaluation samples")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--cfg", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
-    p.add_argument("--warmup", type=int, default=20, help="FastFlow bandit warm-up batches")
-    p.add_argument("--warmup-batch-size", type=int, default=25, help="samples per warm-up batch")
-    p.add_argument("--mu", type=float, nargs="*", default=[0.01, 0.03],
-                   help="paper-bandit mu values (reward per skip, in units of relative velocity error)")
-    p.add_argument("--exact-steps", type=int, default=400,
+    p = OneLineParser(prog="bench.py", description=__doc__)
+    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="model checkpoint")
+    p.add_argument("--refiner", default=None,
+                   help=f"FlowTurbo refiner; without it the R rows are left out (default: {DEFAULT_REFINER} if "
+                        "present; a path given here must exist)")
+    p.add_argument("--classifier", default=None,
+                   help=f"digit classifier for accuracy and the feature distance (default: {DEFAULT_CLASSIFIER} if "
+                        "present; a path given here must exist)")
+    p.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS, help="real-data feature statistics")
+    p.add_argument("--n", type=positive_int, default=300, help="evaluation samples")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="samples per batch; one batch is timed")
+    p.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the evaluation noise")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--warmup", type=nonnegative_int, default=20, help="FastFlow warm-up batches on other noise")
+    p.add_argument("--warmup-batch-size", type=positive_int, default=25, help="samples per warm-up batch")
+    p.add_argument("--mu", type=nonnegative_float, nargs="*", default=[0.01, 0.03],
+                   help="paper-bandit mu values (reward per skip, in units of relative velocity error "
+                        "||v_hat - v|| / ||v||)")
+    p.add_argument("--exact-steps", type=nonnegative_int, default=400,
                    help="steps of the Heun (Euler last step) solution every row is also compared with; 0: none "
                         "(benchmarks/policies.py shows it converged: 200 steps are 3.4e-4 relative L2 from 400)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
     p.add_argument("--quick", action="store_true", help="one configuration per family (smoke test)")
-    p.add_argument("--out-json", default="results/bench.json")
-    p.add_argument("--out-plot", default="results/pareto.png")
-    return p.parse_args(argv)
+    p.add_argument("--out-json", default="results/bench.json", help="all rows, the machine and the targets")
+    p.add_argument("--out-plot", default="results/pareto.png", help="quality against calls and time")
+    args = p.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        p.error(f"argument --device: {e}")
+    return args
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_cli(main, parse_args(), "bench.py"))
