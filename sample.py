@@ -232,8 +232,9 @@ def print_table(rows: list[dict]) -> None:
               f"{fmt(r.get('psnr_vs_euler'), '8.2f')} {fmt(r.get('ssim_vs_euler'), '6.4f')} {fmt(r.get('accuracy'), '6.3f')}")
 
 
-def parse_args(argv=None):
-    p = OneLineParser(prog="sample.py", description=__doc__)
+def build_parser(prog: str = "sample.py", description: str = __doc__) -> OneLineParser:
+    """sample.py's flags (``sample_ddp.py`` shares them)."""
+    p = OneLineParser(prog=prog, description=description)
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="model checkpoint (default: the shipped MNIST DiT)")
     p.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
                    help="one sampler; omit to compare Euler and FastFlow side by side")
@@ -285,12 +286,21 @@ def parse_args(argv=None):
     g.add_argument("--classifier", default=None,
                    help=f"digit classifier for the accuracy column (default: {DEFAULT_CLASSIFIER} if present; "
                         "a path given here must exist)")
+    return p
+
+
+def parse_checked(p: OneLineParser, argv=None):
+    """Parse, and report a device this machine lacks as a bad flag."""
     args = p.parse_args(argv)
     try:
         resolve_device(args.device)
     except ValueError as e:
         p.error(f"argument --device: {e}")
     return args
+
+
+def parse_args(argv=None):
+    return parse_checked(build_parser(), argv)
 
 
 def cli(argv=None) -> int:

@@ -7,7 +7,7 @@ increasing grid from 0 to 1 (``times=``, see ``fastflow.grids``).
 """
 __version__ = "0.2.0"
 
-from . import adapters, grids, metrics, toy
+from . import adapters, distributed, grids, metrics, toy
 from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .bandit import BANDITS, EpsilonGreedy, ErrorTableUCB, GaussianThompson, UCB1, make_bandit
 from .extrapolate import History, newton_extrapolate
@@ -21,6 +21,7 @@ from .result import SampleResult
 from .solvers import AdamsBashforthSampler, EulerSampler, HeunSampler, Sampler
 from .wrapper import SkipWrapper
 from .adapters import adapt
+from .distributed import sample_round
 
 SAMPLERS = {
     "euler": EulerSampler,
@@ -37,5 +38,5 @@ __all__ = [
     "TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule",
     "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "ErrorTableUCB", "SAMPLERS", "toy",
     "metrics", "plan_skips", "planned_costs", "plan_cost", "min_calls", "error_table", "relative_error",
-    "TableRecorder", "grids", "adapters", "adapt", "SkipWrapper", "PlanPolicy", "PlanningBanditPolicy", "PaperBanditPolicy", "POLICIES", "DEFAULT_TOLERANCE", "DEFAULT_MAX_RUN",
+    "TableRecorder", "grids", "adapters", "adapt", "distributed", "sample_round", "SkipWrapper", "PlanPolicy", "PlanningBanditPolicy", "PaperBanditPolicy", "POLICIES", "DEFAULT_TOLERANCE", "DEFAULT_MAX_RUN",
 ]

@@ -17,6 +17,7 @@ so a plan that skips a fixed share of the steps keeps second order (Euler: first
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -247,7 +248,9 @@ class FastFlowSampler(_BaseStep):
     None before calibration), ``decisions`` ((k, m) pairs: m steps extrapolated after real
     step k), ``mu`` (paper policy), ``host_reads`` (device-to-host reads made by the
     sampler's bookkeeping in this run: the finiteness check's one read, plus one for the calibration table
-    or a learning policy's errors; the plan policy adds none).
+    or a learning policy's errors; the plan policy adds none), ``update`` (what a learning policy
+    learned from this run, as plain data for ``apply_updates``; None for the calibration run and
+    the plan policy).
     """
 
     def __init__(self, steps: Optional[int] = None, calls: Optional[int] = None, tolerance: Optional[float] = None,
@@ -315,6 +318,7 @@ class FastFlowSampler(_BaseStep):
         self.table: Optional[torch.Tensor] = None
         self.euler_errors: Optional[torch.Tensor] = None
         self.calls_target: Optional[int] = None
+        self._deferred: Optional[list] = None
 
     @classmethod
     def paper(cls, steps: int, **kwargs) -> "FastFlowSampler":
@@ -373,18 +377,72 @@ class FastFlowSampler(_BaseStep):
         if calibrating:
             self._calibrate(run.recorder.table(), run.recorder.euler_errors())
             reads = 1
-        elif run.observed:
-            errors = torch.stack([e for *_, e in run.observed]).tolist()  # the run's one host read
-            reads = 1
-            obs = [Observation(k, g, lead, float(e)) for (k, g, lead, _), e in zip(run.observed, errors)]
-            self.policy.update(obs, field.nfe)
-        elif self.policy.observes:
-            self.policy.update([], field.nfe)
+        update = None
+        if not calibrating and self.policy.observes:
+            obs = []
+            if run.observed:
+                errors = torch.stack([e for *_, e in run.observed]).tolist()  # the run's one host read
+                reads = 1
+                obs = [[k, list(g), lead, float(e)] for (k, g, lead, _), e in zip(run.observed, errors)]
+            update = {"observations": obs, "nfe": field.nfe}
+            if self._deferred is not None:
+                self._deferred.append(update)
+            else:
+                self.apply_updates([update])
         info = {"policy": self.policy_name, "calibration_run": calibrating, "calls_target": self.calls_target,
-                "decisions": run.decisions, "host_reads": reads}
+                "decisions": run.decisions, "host_reads": reads, "update": update}
         if isinstance(self.policy, PaperBanditPolicy):
             info["mu"] = self.policy.mu
         return info
+
+    # -- learning in rounds (several batches, or several processes, from one state) ----
+
+    @contextlib.contextmanager
+    def deferred_updates(self):
+        """Runs inside this block all play the policy's state as it was when the block began;
+        what each run learned is queued, in run order, in the yielded list instead of applied.
+        Each update is plain JSON-able data (``info["update"]`` of its run, None for a policy
+        that learns nothing): apply them with ``apply_updates``, here or in another process.
+
+        Raises:
+            ValueError: on entry, if the sampler is not calibrated (a calibration run cannot be
+                deferred: it builds the policy).
+        """
+        self._need_calibration("deferred updates")
+        if self._deferred is not None:
+            raise ValueError("deferred_updates() blocks do not nest")
+        self._deferred = []
+        try:
+            yield self._deferred
+        finally:
+            self._deferred = None
+
+    def apply_updates(self, updates: Sequence[Optional[dict]]) -> None:
+        """Learn from finished runs, in the given order, as if each had just ended here (``None``
+        entries are skipped). Applying every rank's updates in rank order on every rank keeps
+        all ranks' states equal, and equal to one process that ran the same batches in rounds
+        (``fastflow.distributed``).
+
+        Raises:
+            ValueError: for a malformed update (nothing is applied then).
+        """
+        self._need_calibration("apply_updates")
+        parsed = []
+        for u in updates:
+            if u is None:
+                continue
+            try:
+                obs = [Observation(int(k), tuple(int(g) for g in gaps), int(lead), float(e))
+                       for k, gaps, lead, e in u["observations"]]
+                nfe = int(u["nfe"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"malformed FastFlow update ({type(e).__name__}: {e})") from None
+            if any(o.k not in range(self.steps) or len(o.gaps) != self.order or not math.isfinite(o.error)
+                   or o.error < 0 for o in obs) or not 0 <= nfe <= 2 * self.steps:
+                raise ValueError(f"malformed FastFlow update: observations {u['observations']!r}, nfe {nfe}")
+            parsed.append((obs, nfe))
+        for obs, nfe in parsed:
+            self.policy.update(obs, nfe)
 
     # -- calibration -----------------------------------------------------------------
 

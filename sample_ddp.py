@@ -1,0 +1,369 @@
+"""Sample many images with torchrun: sharded, resumable, one .npz for the evaluators.
+
+    torchrun --standalone --nproc_per_node=8 sample_ddp.py --sampler fastflow --calls 16 \\
+        --num-samples 50000 --batch-size 125 --out-npz samples.npz --report-json report.json
+
+Every flag of sample.py is accepted here with the same meaning (--out, the PNG grid, shows the
+first 100 images). Without torchrun it runs as one process.
+
+Which image is which. Global index i in [0, --num-samples) has noise drawn from a generator
+seeded by (seed, i) alone and label i mod classes (or --class); the indices are cut into
+batches of --batch-size, and rank r samples batches r, r + N, r + 2N, ... So the images do not
+depend on the number of processes N: with the plan policy and the non-learning samplers they
+are byte-identical whenever the batches are (same --batch-size), and otherwise float rounding
+apart.
+
+Shards and resume. Each batch is written as soon as it is done, atomically, to
+<--shard-dir>/shard_<batch>.npz with its indices, the run's arguments and what FastFlow learned
+from it. A rerun with the same arguments skips the valid shards, resamples corrupt ones (and
+says so), and refuses shards written with other arguments (naming them). Rank 0 merges the
+shards into --out-npz (arr_0: uint8 N x H x W x C images, arr_1: int64 labels; the layout of the
+ADM evaluation suite and DiT's sample_ddp.py), checks that every index is there exactly once,
+and removes the shards only after the merged file is written.
+
+One policy for all ranks. FastFlow calibrates once (rank 0, on other noise, after loading
+--bandit-state if it exists) and sends the state to every rank. Learning policies learn in
+rounds (fastflow.distributed): the N batches of a round are sampled from one state, then every
+rank applies every batch's update in batch order, so all ranks stay identical and equal to one
+process running the same rounds (fastflow.sample_round), also across a resume. Rank 0 writes
+--bandit-state at the end.
+
+Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import fastflow as ff
+from fastflow.atomic import atomic_write
+from fastflow.distributed import broadcast_state, share_updates
+from models.cli import check_writable, positive_int, run_cli
+from sample import build_parser, build_sampler, grid_image, parse_checked, warm_up_bandit, write_json, write_png
+
+SHARD_FORMAT = "fastflow-sample-shard"
+# Flags that do not change the images (where they go, how they are reported, where they run).
+NOT_IN_FINGERPRINT = {"out", "out_npz", "report_json", "quiet", "device", "shard_dir", "overwrite", "timeout",
+                      "keep_shards", "bandit_state"}
+
+
+def index_noise(indices, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """(len(indices), *shape) standard normal noise; row j depends only on (seed, indices[j])."""
+    rows = []
+    for i in indices:
+        key = hashlib.blake2b(f"{seed}:{int(i)}".encode(), digest_size=8).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(key, "little") & (2 ** 63 - 1))
+        rows.append(torch.randn(shape, generator=g))
+    return torch.stack(rows)
+
+
+def index_labels(indices, num_classes: int, cls=None) -> torch.Tensor:
+    """Label of global index i: i mod num_classes, or ``cls`` for all."""
+    idx = torch.as_tensor(list(indices), dtype=torch.long)
+    return torch.full_like(idx, cls) if cls is not None else idx % num_classes
+
+
+def fingerprint(args) -> dict:
+    """The arguments that decide the images (and the checkpoint's size, to notice a new file)."""
+    fp = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_FINGERPRINT}
+    fp["ckpt_bytes"] = os.path.getsize(args.ckpt) if os.path.exists(args.ckpt) else None
+    return fp
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def shard_path(shard_dir: str, batch: int) -> str:
+    return os.path.join(shard_dir, f"shard_{batch:06d}.npz")
+
+
+def write_shard(path: str, images: np.ndarray, labels: torch.Tensor, indices, fp: dict, update, nfe: int) -> None:
+    meta = {"format": SHARD_FORMAT, "args": fp, "update": update, "nfe": nfe}
+    atomic_write(path, lambda f: np.savez(f, images=images, labels=labels.numpy(),
+                                          indices=np.asarray(list(indices), dtype=np.int64),
+                                          meta=np.array(json.dumps(meta))))
+
+
+class ShardMismatch(ValueError):
+    """A shard from a run with other arguments: refuse, never mix."""
+
+
+def mismatch(path: str, theirs, fp: dict) -> ShardMismatch:
+    """The error for a file of this run's shard folder written with other arguments, naming them."""
+    theirs = theirs if isinstance(theirs, dict) else {}
+    diff = sorted(k for k in set(fp) | set(theirs) if fp.get(k) != theirs.get(k))
+    shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {fp.get(k)!r} now" for k in diff[:4])
+    return ShardMismatch(f"{path} was written by a run with other arguments ({shown}); use another --shard-dir "
+                         f"or remove it")
+
+
+def read_shard(path: str, indices, fp: dict):
+    """A shard's (images, labels, update, nfe), or None if it is missing or corrupt (to resample).
+
+    Raises:
+        ShardMismatch: for a readable shard written with other arguments, naming them.
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels, idx = z["images"], z["labels"], z["indices"]
+            meta = json.loads(str(z["meta"]))
+    except Exception:  # truncated zip, bad header, missing key, bad JSON: resample it
+        return None
+    if meta.get("format") != SHARD_FORMAT:
+        return None
+    if meta.get("args") != fp:
+        raise mismatch(path, meta.get("args"), fp)
+    if (idx.tolist() != list(indices) or images.dtype != np.uint8 or images.ndim != 4
+            or images.shape[0] != len(idx) or labels.shape != (len(idx),)):
+        return None
+    return images, torch.from_numpy(labels), meta.get("update"), meta.get("nfe")
+
+
+def setup_distributed(args):
+    """(rank, world size, device); a process group when run by torchrun (NCCL on CUDA, else gloo)
+    with ``--timeout`` seconds for every collective, so a dead rank ends the others."""
+    from models.cli import resolve_device
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=args.timeout))
+    return rank, world, device
+
+
+def main(args) -> dict:
+    rank, world, device = setup_distributed(args)
+    try:
+        return run(args, rank, world, device)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def agree(world: int, step, *args):
+    """``step(*args)`` on this rank; if it raises a user's error on any rank, every rank raises it,
+    naming the rank (so no rank is left waiting in a collective for one that gave up)."""
+    from models.cli import USER_ERRORS
+    try:
+        out, problem = step(*args), None
+    except USER_ERRORS as e:
+        out, problem = None, " ".join(str(e).split())
+    if world > 1:
+        flags = [None] * world
+        dist.all_gather_object(flags, problem)
+        failed = [(r, m) for r, m in enumerate(flags) if m is not None]
+        if failed:
+            raise ValueError("; ".join(f"rank {r}: {m}" for r, m in failed))
+    elif problem is not None:
+        raise ValueError(problem)
+    return out
+
+
+def check_outputs(args, shard_dir: str) -> None:
+    """Rank 0, before any model call: outputs writable, no result overwritten by accident."""
+    if os.path.exists(args.out_npz) and not args.overwrite:
+        raise ValueError(f"--out-npz {args.out_npz} exists; pass --overwrite to replace it")
+    for flag, path in (("--out-npz", args.out_npz), ("--out", args.out), ("--report-json", args.report_json),
+                       ("--bandit-state", args.bandit_state), ("--shard-dir", os.path.join(shard_dir, "x"))):
+        if path:
+            check_writable(path, flag)
+
+
+def load(args, device):
+    """Model, config, sampler (refiner included), all flags checked against the model."""
+    from models.checkpoint import load_model
+    model, config, _ = load_model(args.ckpt, device=device)
+    if args.cls is not None and not 0 <= args.cls < config.num_classes:
+        raise ValueError(f"--class {args.cls} is out of range: the model has classes 0..{config.num_classes - 1}")
+    refiner = None
+    if args.sampler == "flowturbo":
+        from models.refiner import load_refiner, parse_turbo
+        if parse_turbo(args.turbo)[2] > 0:
+            refiner = load_refiner(args.refiner, model, device=device)
+    return model, config, build_sampler(args.sampler, args, refiner)
+
+
+def calibrate(sampler, args, fp, shard_dir, velocity, shape, num_classes, device) -> None:
+    """Rank 0: the state this run's shards were made with, if there is one; else --bandit-state
+    (if it exists) and the calibration and warm-up runs on other noise, saved for a resume."""
+    state0 = os.path.join(shard_dir, "state0.json")
+    if os.path.exists(state0):
+        try:
+            with open(state0) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = None
+            print(f"sample_ddp.py: {state0} is corrupt: calibrating again", file=sys.stderr)
+        if saved is not None:
+            if saved.get("args") != fp:
+                raise mismatch(state0, saved.get("args"), fp)
+            sampler.load_state_dict(saved["state"])
+            return
+    if args.bandit_state and os.path.exists(args.bandit_state):
+        sampler.load_state(args.bandit_state)
+    labels = index_labels(range(args.warmup_batch_size), num_classes, args.cls)
+    warm_up_bandit(sampler, velocity, shape, labels, args, device)
+    atomic_write(state0, lambda f: json.dump({"args": fp, "state": sampler.state_dict()}, f), binary=False)
+
+
+def run(args, rank: int, world: int, device: torch.device) -> dict:
+    n, B = args.n, args.batch_size
+    if n < world:
+        raise ValueError(f"--num-samples {n} is smaller than the number of processes ({world})")
+    shard_dir = args.shard_dir or args.out_npz + ".shards"
+    agree(world, check_outputs if rank == 0 else (lambda *a: None), args, shard_dir)
+    model, config, sampler = agree(world, load, args, device)
+    shape = (config.in_channels, config.image_size, config.image_size)
+    velocity = model.forward_with_cfg
+    fp = fingerprint(args)
+    if isinstance(sampler, ff.FastFlowSampler):  # calibrate once, on rank 0; every rank gets its state
+        agree(world, calibrate if rank == 0 else (lambda *a: None), sampler, args, fp, shard_dir, velocity, shape,
+              config.num_classes, device)
+        if world > 1:
+            broadcast_state(sampler)
+
+    batches = math.ceil(n / B)
+    rounds = math.ceil(batches / world)
+    bar = tqdm(total=n, desc=f"sampling on {world} process(es)", disable=rank != 0 or args.quiet)
+    seconds, nfes, mine, resampled = 0.0, [], 0, []
+    for q in range(rounds):
+        j = q * world + rank
+        update, nfe = None, None
+        indices = range(j * B, min((j + 1) * B, n)) if j < batches else range(0)
+        path = shard_path(shard_dir, j)
+        found = agree(world, read_shard, path, indices, fp) if j < batches else agree(world, lambda: None)
+        if j < batches:
+            if found is not None:
+                _, _, update, nfe = found
+            else:
+                if os.path.exists(path):
+                    resampled.append(path)
+                    print(f"sample_ddp.py: {path} is corrupt or incomplete: sampling it again", file=sys.stderr)
+                x0 = index_noise(indices, shape, args.seed).to(device)
+                y = index_labels(indices, config.num_classes, args.cls)
+                start = time.perf_counter()
+                if isinstance(sampler, ff.FastFlowSampler):
+                    with sampler.deferred_updates():
+                        res = sampler.sample(velocity, x0, y=y.to(device), cfg_scale=args.cfg)
+                    update = res.info.get("update")
+                else:
+                    res = sampler.sample(velocity, x0, y=y.to(device), cfg_scale=args.cfg)
+                images = to_uint8(res.x)  # the host copy also waits for the device
+                seconds += time.perf_counter() - start
+                nfe = res.nfe
+                write_shard(path, images, y, indices, fp, update, nfe)
+                mine += len(indices)
+                crash_for_test(rank, mine)
+            nfes.append(nfe)
+        if world > 1:
+            share_updates(sampler, update)
+        elif isinstance(sampler, ff.FastFlowSampler):
+            sampler.apply_updates([update])
+        bar.update(min(n, (q + 1) * world * B) - bar.n)
+    bar.close()
+
+    stats = torch.tensor([seconds, float(mine), float(sum(nfes)), float(len(nfes))], dtype=torch.float64)
+    per_rank = [stats]
+    if world > 1:
+        per_rank = [torch.zeros_like(stats) for _ in range(world)]
+        dist.all_gather(per_rank, stats.to(device) if device.type == "cuda" else stats)
+        per_rank = [s.cpu() for s in per_rank]
+        dist.barrier()  # every shard is on disk
+    report = {}
+    if rank == 0:
+        images, labels = merge(shard_dir, n, B, fp)
+        atomic_write(args.out_npz, lambda f: np.savez(f, arr_0=images, arr_1=labels))
+        report = make_report(args, per_rank, world, resampled, device)
+        if args.out:
+            grid = grid_image(torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1,
+                              min(10, len(images)))
+            write_png(grid, args.out)
+        if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state:
+            sampler.save_state(args.bandit_state)
+        if args.report_json:
+            write_json(report, args.report_json)
+        if not args.keep_shards:
+            shutil.rmtree(shard_dir)
+        print(f"wrote {args.out_npz}: {n} images, {report['images_per_second']:.2f} images/s on {world} "
+              f"process(es), mean NFE {report['nfe']:.2f}")
+    if world > 1:
+        dist.barrier()
+    return report
+
+
+def merge(shard_dir: str, n: int, B: int, fp: dict):
+    """Every shard of the run, checked: each index in [0, n) exactly once, in order."""
+    images, labels, seen = [], [], []
+    for j in range(math.ceil(n / B)):
+        indices = range(j * B, min((j + 1) * B, n))
+        found = read_shard(shard_path(shard_dir, j), indices, fp)
+        if found is None:
+            raise ValueError(f"{shard_path(shard_dir, j)} is missing or corrupt after sampling; rerun to resume")
+        images.append(found[0])
+        labels.append(found[1].numpy())
+        seen.extend(indices)
+    if seen != list(range(n)):
+        raise ValueError("the shards do not hold every index exactly once")
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def make_report(args, per_rank, world, resampled, device) -> dict:
+    from models.evaluation import machine_info
+    seconds = [float(s[0]) for s in per_rank]
+    made = [int(s[1]) for s in per_rank]
+    nfe_sum, batches = sum(float(s[2]) for s in per_rank), sum(float(s[3]) for s in per_rank)
+    wall = max(seconds) if max(seconds) > 0 else float("nan")
+    return {"sampler": args.sampler, "n": args.n, "seed": args.seed, "cfg": args.cfg, "batch_size": args.batch_size,
+            "world_size": world, "nfe": nfe_sum / batches if batches else float("nan"),
+            "images_sampled_here": sum(made), "sampling_seconds": wall,
+            "images_per_second": sum(made) / wall if sum(made) else 0.0,
+            "images_per_second_per_rank": [m / s if s > 0 else 0.0 for m, s in zip(made, seconds)],
+            "resampled_shards": resampled, "fingerprint": fingerprint(args), "machine": machine_info(device)}
+
+
+def crash_for_test(rank: int, done: int) -> None:
+    """Fault injection for the resume test: SAMPLE_DDP_KILL="rank:images" makes that rank kill
+    itself with SIGKILL once it has sampled that many images in this run."""
+    spec = os.environ.get("SAMPLE_DDP_KILL")
+    if spec:
+        r, images = (int(v) for v in spec.split(":"))
+        if r == rank and done >= images:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def parse_args(argv=None):
+    p = build_parser("sample_ddp.py", __doc__)
+    p.set_defaults(sampler="fastflow")
+    p.add_argument("--shard-dir", default=None, help="where shards go while sampling (default: <--out-npz>.shards)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out-npz")
+    p.add_argument("--keep-shards", action="store_true", help="keep the shards after merging")
+    p.add_argument("--timeout", type=positive_int, default=600,
+                   help="seconds a collective may wait for the other ranks before the run fails")
+    args = parse_checked(p, argv)
+    if not args.out_npz:
+        p.error("--out-npz is required")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, parse_args(), "sample_ddp.py"))
