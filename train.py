@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 
@@ -35,6 +36,8 @@ from tqdm import tqdm
 from models.data import DATASETS, ImageTensorDataset, build_dataset, to_unit_range
 from models import DIT_CONFIGS, DiT
 from models.checkpoint import FULL_KEYS, load_checkpoint, save_checkpoint
+from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,
+                        positive_float, positive_int, run_cli, seed_int)
 
 from models.evaluation import save_grid
 from fastflow import EulerSampler
@@ -61,8 +64,8 @@ class StepBatchSampler(Sampler):
         self.sampler, self.batch_size = sampler, batch_size
         self.start_step, self.total_steps = start_step, total_steps
         self.batches_per_epoch = len(sampler) // batch_size
-        assert self.batches_per_epoch > 0, (
-            f"dataset shard of {len(sampler)} examples is smaller than one batch of {batch_size}")
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"dataset shard of {len(sampler)} examples is smaller than one batch of {batch_size}")
 
     def __len__(self):
         return max(0, self.total_steps - self.start_step)
@@ -216,35 +219,66 @@ def setup_distributed():
     return rank, world_size, local_rank, device
 
 
+def int_at_least(low: int):
+    """argparse type: an integer >= ``low`` (a bad value is a bad flag, exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    parse.__name__ = f"int_at_least_{low}"
+    return parse
+
+
+def ema_decay(text: str) -> float:
+    """argparse type: an EMA decay, a number in [0, 1)."""
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
-    p.add_argument("--data-root", default=None, help="default: ../shared/data/<dataset> next to the repo")
-    p.add_argument("--split", choices=["train", "test"], default="train")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--image-size", type=int, default=None, help="resize images (default: native size)")
-    p.add_argument("--model", choices=sorted(DIT_CONFIGS), default="DiT-MNIST-tiny")
-    p.add_argument("--steps", type=int, default=1000, help="total optimisation steps")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size (split over ranks)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100, help="linear learning-rate warmup steps")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off)")
-    p.add_argument("--ema-decay", type=float, default=0.999,
-                   help="EMA decay; step k uses min(decay, (1 + k) / (10 + k)) so early averages stay recent")
-    p.add_argument("--t-sampling", choices=["uniform", "logit-normal"], default="logit-normal")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default="runs/mnist")
-    p.add_argument("--ckpt-every", type=int, default=500)
-    p.add_argument("--sample-every", type=int, default=500, help="0 = only at the end")
-    p.add_argument("--sample-steps", type=int, default=50)
-    p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--log-every", type=int, default=50)
+    p = OneLineParser(prog="train.py", description=__doc__)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="training data set")
+    p.add_argument("--data-root", default=None, help="data folder (None: ../shared/data/<dataset> next to the repo)")
+    p.add_argument("--split", choices=["train", "test"], default="train",
+                   help="which split of the data set to train on")
+    p.add_argument("--download", action="store_true", help="download the data set if it is missing")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="resize images to this many pixels a side, a multiple of the model's patch size "
+                        "(None: native size)")
+    p.add_argument("--model", choices=sorted(DIT_CONFIGS), default="DiT-MNIST-tiny", help="DiT configuration")
+    p.add_argument("--steps", type=positive_int, default=1000, help="total optimisation steps")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (split over ranks)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW peak learning rate")
+    p.add_argument("--warmup", type=nonnegative_int, default=100, help="linear learning-rate warmup steps")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="max grad norm (0 = off)")
+    p.add_argument("--ema-decay", type=ema_decay, default=0.999,
+                   help="EMA decay in [0, 1); step k uses min(decay, (1 + k) / (10 + k)) so early averages stay "
+                        "recent")
+    p.add_argument("--t-sampling", choices=["uniform", "logit-normal"], default="logit-normal",
+                   help="distribution of the training times t")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, data order, noise and times")
+    p.add_argument("--out-dir", default="runs/mnist", help="folder for last.pt, log.jsonl and samples/")
+    p.add_argument("--ckpt-every", type=nonnegative_int, default=500,
+                   help="write <out-dir>/last.pt every N steps (0 = only at the end)")
+    p.add_argument("--sample-every", type=nonnegative_int, default=500,
+                   help="write a sample grid every N steps (0 = only at the end)")
+    p.add_argument("--sample-steps", type=int_at_least(2), default=50, help="Euler steps of the sample grids")
+    p.add_argument("--cfg-scale", type=finite_float, default=1.0,
+                   help="classifier-free guidance scale of the sample grids (1 = none)")
+    p.add_argument("--log-every", type=positive_int, default=50, help="log the mean loss every N steps")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt if it exists")
     p.add_argument("--export", default=None, help="write a slim EMA-only checkpoint here at the end")
-    p.add_argument("--export-dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per rank (0 = cores / ranks)")
-    p.add_argument("--num-workers", type=int, default=-1,
+    p.add_argument("--export-dtype", choices=["float32", "float16"], default="float32",
+                   help="dtype of the exported weights")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="CPU threads per rank (0 = cores / ranks)")
+    p.add_argument("--num-workers", type=int_at_least(-1), default=-1,
                    help="DataLoader workers when the data is not on the device (-1 = auto: up to 8 on CUDA, "
                         "0 on the CPU, whose cores do the training)")
     p.add_argument("--data-on-device", choices=["auto", "yes", "no"], default="auto",
@@ -252,18 +286,13 @@ def parse_args(argv=None):
                         "(auto: yes when it takes at most a quarter of the device memory)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on CUDA for models of 10M+ parameters, else fp32 (TF32 on CUDA)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out-dir that already holds a run (its log is restarted)")
     args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "log_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("ckpt_every", "sample_every", "warmup"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.sample_steps < 2:
-        p.error(f"--sample-steps must be >= 2, got {args.sample_steps}")
+    patch = DIT_CONFIGS[args.model].patch_size
+    if args.image_size is not None and args.image_size % patch:
+        p.error(f"argument --image-size: {args.image_size} is not a multiple of {args.model}'s patch size {patch}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
     return args
@@ -273,11 +302,16 @@ def parse_args(argv=None):
 
 
 def main(args):
+    """Train; the output folder and --export are proved writable before anything else happens."""
+    check_writable(os.path.join(args.out_dir, "last.pt"), "--out-dir")
+    if args.export:
+        check_writable(args.export, "--export")
     rank, world_size, local_rank, device = setup_distributed()
     if device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(args.threads or max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
-    assert args.batch_size % world_size == 0, f"batch size {args.batch_size} not divisible by {world_size} ranks"
+    if args.batch_size % world_size:
+        raise ValueError(f"--batch-size {args.batch_size} is not divisible by {world_size} ranks")
     local_batch = args.batch_size // world_size
     rank_seed = args.seed * world_size + rank
     is_main = rank == 0
@@ -404,11 +438,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from models.checkpoint import CheckpointError
-    try:
-        main(parse_args())
-    except (ValueError, FileNotFoundError, CheckpointError) as e:  # a user's input: one line, no traceback
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_cli(main, parse_args(), "train.py"))

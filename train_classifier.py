@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import torch
@@ -34,6 +35,8 @@ from models.classifier import (
     save_classifier,
     save_feature_stats,
 )
+from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,
+                        positive_float, positive_int, run_cli, seed_int)
 from models.data import build_dataset
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -74,12 +77,19 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 def main(args: argparse.Namespace) -> dict:
+    """Train and write --out and --stats-out (both proved writable before the data are read)."""
+    check_writable(resolve(args.out), "--out")
+    check_writable(resolve(args.stats_out), "--stats-out")
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
 
     x_all, y_all = load_digits(resolve(args.data_root))
     n_val = args.val
+    if n_val + args.batch_size > len(x_all):
+        raise ValueError(f"--val {n_val} plus one --batch-size {args.batch_size} of training digits is more than "
+                         f"the {len(x_all)} digits in {resolve(args.data_root)}")
     x_tr, y_tr = x_all[:-n_val], y_all[:-n_val]
     x_va, y_va = x_all[-n_val:], y_all[-n_val:]
     print(f"data: {len(x_tr)} train / {len(x_va)} val digits from {resolve(args.data_root)}")
@@ -143,24 +153,49 @@ def main(args: argparse.Namespace) -> dict:
     return meta
 
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", default="../shared/data/mnist", help="folder with t10k idx files (relative to repo root)")
-    p.add_argument("--out", default="checkpoints/mnist_classifier.pt")
-    p.add_argument("--stats-out", default="checkpoints/mnist_feature_stats.pt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--val", type=int, default=1000, help="hold out the last VAL digits")
-    p.add_argument("--max-shift", type=int, default=2, help="random shift augmentation, pixels")
-    p.add_argument("--channels", type=int, nargs=3, default=[16, 32, 64])
-    p.add_argument("--feature-dim", type=int, default=128)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+def dropout_prob(text: str) -> float:
+    """argparse type: a dropout probability, a number in [0, 1)."""
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def batch_size_int(text: str) -> int:
+    """argparse type: a batch size of at least 2 (BatchNorm needs more than one digit per batch)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return value
+
+
+def get_parser() -> OneLineParser:
+    p = OneLineParser(prog="train_classifier.py", description=__doc__)
+    p.add_argument("--data-root", default="../shared/data/mnist",
+                   help="folder with the t10k idx files (relative to the repo root)")
+    p.add_argument("--out", default="checkpoints/mnist_classifier.pt",
+                   help="classifier file to write (relative to the repo root)")
+    p.add_argument("--stats-out", default="checkpoints/mnist_feature_stats.pt",
+                   help="real-data feature statistics file to write (relative to the repo root)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, batch order and shifts")
+    p.add_argument("--epochs", type=positive_int, default=30, help="passes over the training digits")
+    p.add_argument("--batch-size", type=batch_size_int, default=128,
+                   help="digits per step (at least 2: BatchNorm)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="AdamW peak learning rate (one-cycle schedule)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--val", type=positive_int, default=1000, help="hold out the last VAL digits for validation")
+    p.add_argument("--max-shift", type=nonnegative_int, default=2, help="random shift augmentation, in pixels")
+    p.add_argument("--channels", type=positive_int, nargs=3, default=[16, 32, 64],
+                   help="channels of the three convolution stages")
+    p.add_argument("--feature-dim", type=positive_int, default=128, help="size D of the feature layer")
+    p.add_argument("--dropout", type=dropout_prob, default=0.2, help="dropout probability in [0, 1)")
+    p.add_argument("--threads", type=nonnegative_int, default=2, help="torch intra-op threads (0 = torch's default)")
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    return get_parser().parse_args(argv)
+
+
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    sys.exit(run_cli(main, parse_args(), "train_classifier.py"))

@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -38,7 +39,9 @@ from models.data import DATASETS, build_dataset
 from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from models.refiner import (RefinerConfig, VelocityRefiner, base_fingerprint, count_params,
                             refiner_config_from_dict, save_refiner)
-from train import StepBatchSampler, optimizer_step, sample_t, step_generator
+from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,
+                        positive_float, positive_int, run_cli, seed_int)
+from train import StepBatchSampler, ema_decay, optimizer_step, sample_t, step_generator
 
 HOLDOUT_SEED = 1234
 TRAIN_KEYS = ("model", "ema", "optimizer", "step", "refiner_config", "base", "args")
@@ -118,39 +121,61 @@ def holdout_loss(refiner, batches: list[DistillBatch]) -> float:
     return sse / count
 
 
+def max_dt_float(text: str) -> float:
+    """argparse type: the largest Euler step, a number in (0, 1]."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="train_refiner.py", description=__doc__)
     p.add_argument("--base", default="checkpoints/dit_mnist.pt", help="frozen base DiT (EMA weights are used)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
-    p.add_argument("--data-root", default=None, help="default: ../shared/data/<dataset> next to the repo")
-    p.add_argument("--split", choices=["train", "test"], default="test")
-    p.add_argument("--holdout", type=int, default=1000, help="last N examples of the split, never trained on")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 = off)")
-    p.add_argument("--ema-decay", type=float, default=0.995)
-    p.add_argument("--max-dt", type=float, default=0.12, help="Euler step dt ~ U(0, max_dt]")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="distillation data set")
+    p.add_argument("--data-root", default=None, help="data folder (None: ../shared/data/<dataset> next to the repo)")
+    p.add_argument("--split", choices=["train", "test"], default="test", help="which split of the data set to use")
+    p.add_argument("--holdout", type=positive_int, default=1000,
+                   help="last N examples of the split, never trained on")
+    p.add_argument("--steps", type=positive_int, default=2000, help="total optimisation steps")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="examples per step")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW peak learning rate")
+    p.add_argument("--warmup", type=nonnegative_int, default=50, help="linear learning-rate warmup steps")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="max grad norm (0 = off)")
+    p.add_argument("--ema-decay", type=ema_decay, default=0.995,
+                   help="EMA decay in [0, 1); step k uses min(decay, (1 + k) / (10 + k))")
+    p.add_argument("--max-dt", type=max_dt_float, default=0.12, help="Euler step dt ~ U(0, max_dt], in (0, 1]")
     p.add_argument("--t-sampling", choices=["uniform", "logit-normal"], default="uniform",
                    help="t = s (1 - dt) with s drawn this way")
-    p.add_argument("--hidden-size", type=int, default=RefinerConfig.hidden_size)
-    p.add_argument("--depth", type=int, default=RefinerConfig.depth)
-    p.add_argument("--num-heads", type=int, default=RefinerConfig.num_heads)
-    p.add_argument("--mlp-ratio", type=float, default=RefinerConfig.mlp_ratio)
-    p.add_argument("--frequency-size", type=int, default=RefinerConfig.frequency_size)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default="runs/refiner")
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=0, help="held-out loss every N steps (0 = only at the end)")
-    p.add_argument("--eval-batch", type=int, default=250)
+    p.add_argument("--hidden-size", type=positive_int, default=RefinerConfig.hidden_size,
+                   help="refiner width, a multiple of 4 and of --num-heads")
+    p.add_argument("--depth", type=positive_int, default=RefinerConfig.depth, help="refiner DiT blocks")
+    p.add_argument("--num-heads", type=positive_int, default=RefinerConfig.num_heads, help="attention heads")
+    p.add_argument("--mlp-ratio", type=positive_float, default=RefinerConfig.mlp_ratio,
+                   help="MLP hidden width / --hidden-size")
+    p.add_argument("--frequency-size", type=positive_int, default=RefinerConfig.frequency_size,
+                   help="sinusoid size of the time embedding (even)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the refiner's weights, data order and noise")
+    p.add_argument("--out-dir", default="runs/refiner", help="folder for last.pt and log.jsonl")
+    p.add_argument("--ckpt-every", type=nonnegative_int, default=250,
+                   help="write <out-dir>/last.pt every N steps (0 = only at the end)")
+    p.add_argument("--log-every", type=positive_int, default=50, help="log the mean loss every N steps")
+    p.add_argument("--eval-every", type=nonnegative_int, default=0,
+                   help="held-out loss every N steps (0 = only at the end)")
+    p.add_argument("--eval-batch", type=positive_int, default=250, help="examples per held-out batch")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt if it exists")
     p.add_argument("--export", default=None, help="write the slim EMA refiner here at the end")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (the machine is shared)")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=nonnegative_int, default=1,
+                   help="CPU threads (0 = torch's default; the machine is shared)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.hidden_size % 4 or args.hidden_size % args.num_heads:  # 4: the 2-D sin-cos position embedding
+        p.error(f"argument --hidden-size: {args.hidden_size} is not a multiple of 4 and of --num-heads "
+                f"{args.num_heads}")
+    if args.frequency_size % 2:
+        p.error(f"argument --frequency-size: expected an even number, got {args.frequency_size}")
+    return args
 
 
 def main(args):
@@ -160,6 +185,9 @@ def main(args):
         dict(step, loss (mean train loss of the last log window), heldout_loss (EMA refiner),
         zero_loss (r = 0), elapsed_s, refiner, ema).
     """
+    check_writable(os.path.join(args.out_dir, "last.pt"), "--out-dir")
+    if args.export:
+        check_writable(args.export, "--export")
     device = torch.device("cpu")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -268,4 +296,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_cli(main, parse_args(), "train_refiner.py"))

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
+from models.cli import OneLineParser, check_writable, positive_int, resolve_device, run_cli  # noqa: E402
 from models.evaluation import DEFAULT_CKPT, balanced_labels, machine_info, make_noise, sync  # noqa: E402
 
 WORKLOADS = {"mnist": ("DiT-MNIST-S", 100), "cifar": ("DiT-CIFAR-S", 128), "in64": ("DiT-IN64-B", 64)}
@@ -116,27 +117,38 @@ def measure(workload: str, args, device: torch.device) -> dict:
     return {"workload": workload, "model": WORKLOADS[workload][0], "batch": batch, "samplers": out}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    p = OneLineParser(prog="gpu_overhead.py", description=__doc__)
     p.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["mnist", "cifar", "in64"],
-                   help="which models to time (default: all three)")
-    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: cuda if available)")
-    p.add_argument("--calls", type=int, default=16, help="FastFlow's call budget (default: 16)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per sampler after one warm-up (default: 5)")
+                   help="which models to time")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
+    p.add_argument("--calls", type=positive_int, default=16, help="FastFlow's call budget (model calls per sample)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per sampler after one warm-up")
     p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"], default="none",
                    help="also time every run with torch.compile of the model in this mode (reduce-overhead = "
-                        "CUDA graphs on a GPU); the warm-up run pays the compilation (default: none)")
-    p.add_argument("--out-json", default=None, help="default: results/gpu_overhead_<device type>.json")
+                        "CUDA graphs on a GPU); the warm-up run pays the compilation")
+    p.add_argument("--out-json", default=None, help="result file (None: results/gpu_overhead_<device type>.json)")
     args = p.parse_args(argv)
-    if args.repeats < 1:
-        p.error("--repeats must be >= 1")
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            print("gpu_overhead.py: error: CUDA requested but not available", file=sys.stderr)
-            return 1
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        p.error(f"argument --device: {e}")
+    try:
+        ff.FastFlowSampler(50, calls=args.calls)
+    except ValueError as e:
+        p.error(f"argument --calls: {e}")
+    return args
+
+
+def main(argv=None) -> int:
+    """Time the workloads and write the JSON; returns 0.
+
+    ``argv``: the flags, or the Namespace ``parse_args`` made of them. A bad flag exits with status 2;
+    an output path that cannot be written raises OSError before any timing starts.
+    """
+    args = argv if isinstance(argv, argparse.Namespace) else parse_args(argv)
+    device = resolve_device(args.device)
+    path = check_writable(args.out_json or os.path.join("results", f"gpu_overhead_{device.type}.json"), "--out-json")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     result = {"machine": machine_info(device), "args": vars(args),
@@ -145,8 +157,6 @@ def main(argv=None) -> int:
         for label, s in r["samplers"].items():
             print(f"{r['model']:12s} batch {r['batch']:3d} {label:50s} calls {s['calls']:3d} {s['seconds']:8.4f} s "
                   f"outside model {100 * s['outside_model']:5.1f}%")
-    path = args.out_json or os.path.join("results", f"gpu_overhead_{device.type}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
@@ -154,4 +164,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, parse_args(), "gpu_overhead.py"))

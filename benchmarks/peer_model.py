@@ -28,6 +28,7 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from fastflow.atomic import atomic_write  # noqa: E402
+from models.cli import OneLineParser, check_writable, positive_float, positive_int, run_cli, seed_int  # noqa: E402
 
 DEFAULT_PEER = os.path.join(ROOT, "checkpoints", "peer_checkerboard.pt")
 FORMAT = "fastflow-peer-checkerboard"
@@ -134,22 +135,30 @@ def load_peer(path: str = DEFAULT_PEER) -> CheckerboardMLP:
     return model.eval().requires_grad_(False)
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    p = OneLineParser(prog="peer_model.py", description=__doc__)
+    p.add_argument("--steps", type=positive_int, default=3000, help="optimisation steps")
+    p.add_argument("--batch-size", type=positive_int, default=2048, help="samples per step")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--hidden", type=positive_int, default=256, help="MLP width")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, data and noise")
+    p.add_argument("--out", default=DEFAULT_PEER, help="checkpoint path")
+    return p.parse_args(argv)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default: 3000)")
-    p.add_argument("--batch-size", type=int, default=2048, help="samples per step (default: 2048)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--hidden", type=int, default=256, help="MLP width (default: 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and noise (default: 0)")
-    p.add_argument("--out", default=DEFAULT_PEER, help=f"checkpoint path (default: {DEFAULT_PEER})")
-    args = p.parse_args(argv)
-    if min(args.steps, args.batch_size, args.hidden) < 1 or not args.lr > 0:
-        p.error("--steps, --batch-size, --hidden and --lr must be positive")
+    """Train, save and check the model; returns 0.
+
+    ``argv``: the flags, or the Namespace ``parse_args`` made of them. A bad flag exits with status 2;
+    an --out that cannot be written, or a missing ``flow_matching``, raises OSError before training.
+    """
+    args = argv if isinstance(argv, argparse.Namespace) else parse_args(argv)
+    check_writable(args.out, "--out")
     try:
-        model, info = train(args.steps, args.batch_size, args.lr, args.seed, args.hidden)
+        import flow_matching  # noqa: F401 (needed for training only)
     except ImportError as e:
-        print(f"peer_model.py: error: {e}; pip install -r requirements-bench.txt", file=sys.stderr)
-        return 1
+        raise OSError(f"{e}; pip install -r requirements-bench.txt") from None
+    model, info = train(args.steps, args.batch_size, args.lr, args.seed, args.hidden)
     save_peer(model, info, args.out)
     import fastflow as ff
     g = torch.Generator().manual_seed(1)
@@ -161,4 +170,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, parse_args(), "peer_model.py"))

@@ -26,7 +26,6 @@ Writes results/policies.json and results/policies.png.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
+from models.cli import OneLineParser, check_writable, nonnegative_int, positive_int, run_cli  # noqa: E402
 
 T = 50
 
@@ -277,7 +277,29 @@ def plan_timing():
     return out
 
 
+def read_previous(path):
+    """The results an --update run merges into: the JSON at ``path``, or None when there is none.
+
+    Raises:
+        ValueError: naming ``path``, for a file that is not such a JSON object.
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"--out-json {path}: cannot --update it, not JSON ({e})") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"--out-json {path}: cannot --update it, not a results object")
+    return old
+
+
 def main(args):
+    """Run the benchmark; both outputs (and, with --update, the file merged into) are checked first."""
+    check_writable(args.out_json, "--out-json")
+    check_writable(args.out_plot, "--out-plot")
+    old = read_previous(args.out_json) if args.update else None
     torch.set_num_threads(args.threads) if args.threads else None
     makers = {"toy": toy_workload, "dit": dit_workload, "peer": peer_workload}
     result = {"T": T, "args": vars(args), "plan_seconds": plan_timing(), "models": []}
@@ -294,15 +316,12 @@ def main(args):
         for name, t in result["timing"].items():
             print(f"{name:32s} calls {t['calls']:3d}  {t['seconds']:.3f} s  speedup {t['speedup']:.2f}x  "
                   f"PSNR {t['psnr'] if t['psnr'] is None else round(t['psnr'], 2)}  accuracy {t['accuracy']:.2f}")
-    if args.update and os.path.exists(args.out_json):  # keep the other models' (and timing) results
-        with open(args.out_json) as f:
-            old = json.load(f)
+    if old is not None:  # --update: keep the other models' (and timing) results
         ran = {m["model"] for m in result["models"]}
         result["models"] = [m for m in old.get("models", []) if m["model"] not in ran] + result["models"]
         if "timing" not in result and "timing" in old:
             result["timing"] = old["timing"]
         result["runs"] = old.get("runs", [old.get("args")]) + [vars(args)]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
     with open(args.out_json, "w") as f:
         json.dump(result, f, indent=1, allow_nan=False)
     if result["models"]:
@@ -325,22 +344,29 @@ def print_table(m):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="policies.py", description=__doc__)
     p.add_argument("--models", nargs="*", choices=["toy", "dit", "peer"], default=["toy", "dit", "peer"],
-                   help="models to evaluate (default: all three; none with --timing to time only)")
-    p.add_argument("--budgets", type=int, nargs="+", default=[12, 14, 16, 20, 25], help="call budgets K")
-    p.add_argument("--order", type=int, default=1, help="extrapolation order of the plan and planning bandit")
-    p.add_argument("--warmup", type=int, default=30, help="batches the bandits learn on after calibration")
+                   help="models to evaluate (none with --timing to time only)")
+    p.add_argument("--budgets", type=positive_int, nargs="+", default=[12, 14, 16, 20, 25],
+                   help=f"call budgets K (model calls per sample, at most T = {T})")
+    p.add_argument("--order", type=positive_int, default=1, help="extrapolation order of the plan and planning bandit")
+    p.add_argument("--warmup", type=nonnegative_int, default=30, help="batches the bandits learn on after calibration")
     p.add_argument("--timing", action="store_true", help="also time Euler-50 against plans on the DiT")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     p.add_argument("--update", action="store_true",
                    help="merge into an existing --out-json: replace the models run now, keep the others")
-    p.add_argument("--out-json", default="results/policies.json")
-    p.add_argument("--out-plot", default="results/policies.png")
-    return p.parse_args(argv)
+    p.add_argument("--out-json", default="results/policies.json", help="all rows and settings")
+    p.add_argument("--out-plot", default="results/policies.png", help="PNG of the rows against calls")
+    args = p.parse_args(argv)
+    try:
+        for _, _, make in configs(args.budgets, args.order):  # every sampler's settings, checked now
+            make()
+    except ValueError as e:
+        p.error(f"argument --budgets/--order: {e}")
+    return args
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(run_cli(main, parse_args(), "policies.py"))

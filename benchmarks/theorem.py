@@ -7,6 +7,7 @@ at T = 400 (skips at steps 160, 164, ...).
 
     python benchmarks/theorem.py
 """
+import argparse
 import os
 import sys
 
@@ -15,9 +16,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
+from models.cli import OneLineParser, run_cli  # noqa: E402
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
+    """The script takes no flags; --help prints the description above, anything else is a bad flag."""
+    return OneLineParser(prog="theorem.py", description=__doc__).parse_args(argv)
+
+
+def main(args=None):
     flow = ff.toy.GaussianMixtureFlow([[2.0, 0.0], [-2.0, 1.0], [0.0, -2.0]], [0.5, 0.4, 0.6])
     x0 = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
@@ -39,4 +46,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, parse_args(), "theorem.py"))

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
+from models.cli import OneLineParser, check_writable, nonnegative_int, positive_int, run_cli, seed_int  # noqa: E402
 
 
 def mixture():
@@ -64,6 +65,9 @@ def run(setting, args):
 
 
 def main(args):
+    """Run every setting and write --out (checked first)."""
+    if args.out:
+        check_writable(args.out, "--out")
     settings = [
         {"normalize_rewards": False},
         {"normalize_rewards": True},
@@ -79,16 +83,20 @@ def main(args):
         print(f"{json.dumps(r['setting']):58s} {r['mu']:9.2e} {r['mean_nfe']:6.1f} {r['rms_dev_vs_euler50']:8.4f} "
               f"{r['euler_same_nfe_rms_dev']:9.4f} {r['tv_from_uniform']:5.2f} {r['mean_arm']:5.2f}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=1)
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    p = OneLineParser(prog="toy_bandit.py", description=__doc__)
+    p.add_argument("--warmup", type=nonnegative_int, default=60,
+                   help="batches each bandit learns on before it is measured")
+    p.add_argument("--eval", type=positive_int, default=10, help="evaluation batches per setting")
+    p.add_argument("--batch", type=positive_int, default=256, help="samples per batch")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the bandits' generator")
+    p.add_argument("--out", default="results/toy_bandit.json", help="result file ('' = do not write one)")
+    return p.parse_args(argv)
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--warmup", type=int, default=60)
-    p.add_argument("--eval", type=int, default=10)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/toy_bandit.json")
-    main(p.parse_args())
+    sys.exit(run_cli(main, parse_args(), "toy_bandit.py"))

@@ -34,6 +34,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 import train  # noqa: E402
 from models.evaluation import machine_info, sync  # noqa: E402
+from models.cli import OneLineParser, check_writable, nonnegative_int, positive_int, run_cli  # noqa: E402
 from models.dit import DIT_CONFIGS, build_dit  # noqa: E402
 
 # name: (dataset, model, batch size)
@@ -100,31 +101,42 @@ def train_step_seconds(dataset: str, root: str, model_name: str, batch: int, dev
     return {"seconds": (t1 - t0) / (s1 - s0), "precision": out["precision"], "data_on_device": out["data_on_device"]}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    p = OneLineParser(prog="train_overhead.py", description=__doc__)
     p.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["mnist"],
                    help="model and batch: mnist = DiT-MNIST-S at 128, cifar = DiT-CIFAR-S at 128, "
-                        "in64 = DiT-IN64-B at 64 (default: mnist)")
-    p.add_argument("--steps", type=int, default=100, help="timed steps per measurement (default: 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: 10)")
+                        "in64 = DiT-IN64-B at 64")
+    p.add_argument("--steps", type=positive_int, default=100, help="timed steps per measurement")
+    p.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
     p.add_argument("--model", choices=sorted(DIT_CONFIGS), default=None, help="override the workload's model")
-    p.add_argument("--batch-size", type=int, default=None, help="override the workload's batch size")
-    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats, the best kept (default: 2)")
-    p.add_argument("--images", type=int, default=2048, help="size of the fake data set (default: 2048)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
-    p.add_argument("--out", default=None, help="default: results/train_overhead_<device>.json")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="override the workload's batch size")
+    p.add_argument("--repeats", type=positive_int, default=2, help="interleaved repeats, the best kept")
+    p.add_argument("--images", type=positive_int, default=2048, help="size of the fake data set, in images")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("--out", default=None, help="result file (None: results/train_overhead_<device>.json)")
     args = p.parse_args(argv)
-    if min(args.steps, args.warmup, args.images, args.repeats, args.batch_size or 1) < 1:
-        p.error("--steps, --warmup, --repeats, --images and --batch-size must be at least 1")
+    for name in args.workloads:
+        batch = args.batch_size or WORKLOADS[name][2]
+        if args.images < batch:
+            p.error(f"argument --images: {args.images} is smaller than one batch of {batch} ({name})")
+    return args
+
+
+def main(argv=None) -> int:
+    """Measure the workloads and write the JSON; returns 0.
+
+    ``argv``: the flags, or the Namespace ``parse_args`` made of them. A bad flag exits with status 2;
+    an --out that cannot be written raises OSError before any timing starts.
+    """
+    args = argv if isinstance(argv, argparse.Namespace) else parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = check_writable(args.out or os.path.join(ROOT, "results", f"train_overhead_{device.type}.json"), "--out")
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.workloads:
         dataset, model_name, batch = WORKLOADS[name]
         model_name, batch = args.model or model_name, args.batch_size or batch
-        if args.images < batch:
-            p.error(f"--images {args.images} is smaller than one batch of {batch} ({name})")
         with tempfile.TemporaryDirectory() as tmp:
             data_root = os.path.join(tmp, "data")
             os.makedirs(data_root)
@@ -147,11 +159,10 @@ def main(argv=None) -> int:
         row["ratio_data_loader"] = round(runs["no"]["seconds"] / bare, 3)
         rows.append(row)
         print(json.dumps(row))
-    out = args.out or os.path.join(ROOT, "results", f"train_overhead_{device.type}.json")
     record = {"machine": machine_info(device), "torch": torch.__version__, "steps": args.steps,
               "warmup": args.warmup, "repeats": args.repeats, "threads": torch.get_num_threads(), "rows": rows,
-              "command": "python benchmarks/train_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+              "command": "python benchmarks/train_overhead.py " + " ".join(argv if isinstance(argv, (list, tuple))
+                                                                           else sys.argv[1:])}
     with open(out, "w") as f:
         json.dump(record, f, indent=1)
     print(f"wrote {out}")
@@ -159,4 +170,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, parse_args(), "train_overhead.py"))

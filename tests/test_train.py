@@ -161,7 +161,8 @@ def test_an_existing_run_is_not_overwritten_and_resume_logs_each_step_once(mnist
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps must be >= 1"), (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--steps", "0"], "argument --steps: expected an integer >= 1"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1"),
     (["--resume", "--overwrite"], "exclude each other")])
 def test_bad_train_flags_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
