@@ -69,6 +69,14 @@ def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, d
         sampler.sample(velocity, x0, y=labels.to(device), cfg_scale=args.cfg)
 
 
+def state_tag(args) -> str:
+    """What a saved FastFlow state is tied to beyond the sampler's own settings: the model file
+    (name and size), the guidance scale and the labels."""
+    size = os.path.getsize(args.ckpt) if os.path.exists(args.ckpt) else "?"
+    labels = f"class {args.cls}" if args.cls is not None else "all classes"
+    return f"{os.path.basename(args.ckpt)} ({size} bytes), cfg {args.cfg:g}, {labels}"
+
+
 def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
     """(N, C, H, W) images in [-1, 1] as one (C, H', W') grid in [0, 1]."""
     from torchvision.utils import make_grid
@@ -137,7 +145,7 @@ def prepare(args) -> Setup:
     samplers = {name: build_sampler(name, args, refiner) for name in names}
     for sampler in samplers.values():
         if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state and os.path.exists(args.bandit_state):
-            sampler.load_state(args.bandit_state)
+            sampler.load_state(args.bandit_state, tag=state_tag(args))
 
     classifier = None
     if args.classifier is not None or os.path.exists(DEFAULT_CLASSIFIER):
@@ -215,7 +223,7 @@ def main(args) -> dict:
         writers["--out-npz"] = (out["--out-npz"], lambda: write_npz(runs[last].images, labels, out["--out-npz"]))
     if "--bandit-state" in out:
         writers["--bandit-state"] = (out["--bandit-state"], lambda: setup.samplers["fastflow"].save_state(
-            out["--bandit-state"]))
+            out["--bandit-state"], tag=state_tag(args)))
     if "--report-json" in out:
         writers["--report-json"] = (out["--report-json"], lambda: write_json(report, out["--report-json"]))
     write_outputs(writers)

@@ -51,7 +51,8 @@ import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.distributed import broadcast_state, share_updates
 from models.cli import check_writable, positive_int, run_cli
-from sample import build_parser, build_sampler, grid_image, parse_checked, warm_up_bandit, write_json, write_png
+from sample import (build_parser, build_sampler, grid_image, parse_checked, state_tag, warm_up_bandit, write_json,
+                    write_png)
 
 SHARD_FORMAT = "fastflow-sample-shard"
 # Flags that do not change the images (where they go, how they are reported, where they run).
@@ -220,7 +221,7 @@ def calibrate(sampler, args, fp, shard_dir, velocity, shape, num_classes, device
             sampler.load_state_dict(saved["state"])
             return
     if args.bandit_state and os.path.exists(args.bandit_state):
-        sampler.load_state(args.bandit_state)
+        sampler.load_state(args.bandit_state, tag=state_tag(args))
     labels = index_labels(range(args.warmup_batch_size), num_classes, args.cls)
     warm_up_bandit(sampler, velocity, shape, labels, args, device)
     atomic_write(state0, lambda f: json.dump({"args": fp, "state": sampler.state_dict()}, f), binary=False)
@@ -299,7 +300,7 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
                               min(10, len(images)))
             write_png(grid, args.out)
         if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state:
-            sampler.save_state(args.bandit_state)
+            sampler.save_state(args.bandit_state, tag=state_tag(args))
         if args.report_json:
             write_json(report, args.report_json)
         if not args.keep_shards:

@@ -141,7 +141,7 @@ def test_state_persists_across_calls_and_round_trips_through_a_file(tmp_path):
     a.save_state(path)
     b = ff.FastFlowSampler(30, mu=0.05)
     b.load_state(path)
-    assert b.state_dict() == a.state_dict() == json.loads(path.read_text())
+    assert {**b.state_dict(), "tag": None} == {**a.state_dict(), "tag": None} == json.loads(path.read_text())
     x0 = noise(64, 2, seed=5)
     ra, rb = a.sample(flow, x0), b.sample(flow, x0)
     assert not rb.info["calibration_run"] and torch.equal(ra.x, rb.x) and ra.skipped == rb.skipped
@@ -229,3 +229,22 @@ def test_greedy_schedule_follows_the_best_mean_arms():
     eager.sample(flow, noise(32, 2))
     # a huge mu makes arm 2 best wherever it fits: decide at 1, skip 2-3, real 4, skip 5-6, ...
     assert eager.greedy_schedule() == [2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+
+
+def test_a_saved_state_is_tied_to_its_tag(tmp_path):
+    """A state is one model's error table at one setting: a tag the sampler cannot check by itself."""
+    flow = ff.toy.GaussianMixtureFlow([[2.0, 0.0], [-2.0, 1.0]], [0.4, 0.5])
+    s = ff.FastFlowSampler(20, calls=8)
+    s.sample(flow, torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    path = tmp_path / "s.json"
+    s.save_state(path, tag="toy cfg=1.5")
+    again = ff.FastFlowSampler(20, calls=8)
+    for wrong in (None, "toy cfg=2"):
+        with pytest.raises(ValueError, match=rf"s.json: state was saved with tag 'toy cfg=1.5', this sampler is "
+                                             rf"loading it with tag {wrong!r}"):
+            again.load_state(path, tag=wrong)
+        assert not again.calibrated
+    again.load_state(path, tag="toy cfg=1.5")
+    assert again.state_dict() == s.state_dict()
+    with pytest.raises(ValueError, match="tag must be a string"):
+        s.save_state(path, tag=1.5)

@@ -180,3 +180,13 @@ def test_one_failed_output_does_not_lose_the_others(tmp_path, capsys, monkeypatc
     assert "No space left on device" in err and "written: --out" in err
     assert paths["--out"].exists() and paths["--report-json"].exists() and paths["--bandit-state"].exists()
     assert json.loads(paths["--report-json"].read_text())["nfe"] > 0 and not paths["--out-npz"].exists()
+
+
+def test_a_state_learned_at_another_guidance_scale_is_refused(tmp_path, capsys, count_runs):
+    state = tmp_path / "s.json"
+    args = ["--sampler", "fastflow", *FAST, "--out", str(tmp_path / "g.png"), "--bandit-state", str(state)]
+    assert cli(args) == 0 and "cfg 1" in json.loads(state.read_text())["tag"]
+    count_runs.clear()
+    assert cli([*args, "--cfg", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "state was saved with tag 'dit_mnist.pt" in err and "cfg 2" in err and count_runs == []
