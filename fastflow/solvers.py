@@ -42,21 +42,38 @@ class Sampler:
         self.uniform = is_uniform(self.times)
 
     def sample(self, velocity, x_init: torch.Tensor, *, trace: bool = False,
-               check: bool = True, **extras: Any) -> SampleResult:
+               check: bool = True, model_kwargs: Optional[dict] = None, **extras: Any) -> SampleResult:
         """Integrate from x_init at t = 0 to t = 1.
 
         Args:
             velocity: callable ``velocity(x=x, t=t, **extras) -> v`` with v shaped like x.
-            x_init: noise at t = 0, shape (batch, ...).
+            x_init: noise at t = 0, shape (batch, ...), floating point.
             trace: keep every state x_0..x_T in ``result.trace``.
             check: verify that every model output is finite (one device read at the end of the run;
                 a non-finite output raises ValueError naming the first bad call and its time).
+            model_kwargs: extras as a dict, merged with ``**extras``; the way to pass the model an
+                argument named ``trace``, ``check`` or ``model_kwargs`` (names ``sample`` keeps).
             **extras: passed to every ``velocity`` call.
 
         Returns:
-            SampleResult with the final x at t = 1, the number of model calls and the
-            skipped steps.
+            SampleResult with the final x at t = 1, the number of model calls, the skipped steps,
+            the trace if asked, and ``info`` (each sampler's keys are in its class docstring;
+            every sampler has ``host_reads``).
+
+        Raises:
+            ValueError: for a non-floating ``x_init``, a non-bool ``trace`` or ``check`` (a model
+                argument of that name belongs in ``model_kwargs``), a key given both ways, a
+                velocity of the wrong shape, or a non-finite velocity (with ``check``).
         """
+        for name, value in (("trace", trace), ("check", check)):
+            if not isinstance(value, bool):
+                raise ValueError(f"sample()'s '{name}' must be True or False, got {type(value).__name__}; to pass "
+                                 f"the model an argument named '{name}', use model_kwargs={{'{name}': ...}}")
+        if model_kwargs:
+            both = set(model_kwargs) & set(extras)
+            if both:
+                raise ValueError(f"{sorted(both)} given both in model_kwargs and as keywords")
+            extras = {**extras, **model_kwargs}
         field = VelocityField(velocity, x_init, self.steps if self.uniform else self.times, extras, check=check)
         state = self.start(field)
         x = x_init
