@@ -24,9 +24,10 @@ import torch
 __all__ = ["OneLineParser", "positive_int", "nonnegative_int", "finite_float", "positive_float",
            "nonnegative_float", "seed_int", "resolve_device", "check_writable", "run_cli", "USER_ERRORS"]
 
-# What a user's input can raise: bad values and files (ValueError, which CheckpointError is),
-# paths (OSError), malformed mappings (KeyError). Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, KeyError)
+# What a user's input or set-up can raise: bad values and files (ValueError, which CheckpointError
+# is), paths (OSError), malformed mappings (KeyError), a missing optional package (ImportError).
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, KeyError, ImportError)  # ImportError: an optional package not installed
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -107,6 +108,11 @@ def check_writable(path: str | os.PathLike, flag: str) -> str:
     if os.path.isdir(path):
         raise OSError(f"{flag} {path}: is a folder, not a file")
     directory = os.path.dirname(os.path.abspath(path))
+    parent = directory
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise OSError(f"{flag} {path}: cannot write there ({parent} is a file, not a folder)")
     try:
         os.makedirs(directory, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.")
