@@ -355,7 +355,7 @@ def crash_for_test(rank: int, done: int) -> None:
 def parse_args(argv=None):
     p = build_parser("sample_ddp.py", __doc__)
     p.set_defaults(sampler="fastflow")
-    p.add_argument("--shard-dir", default=None, help="where shards go while sampling (default: <--out-npz>.shards)")
+    p.add_argument("--shard-dir", default=None, help="where shards go while sampling (None: <--out-npz>.shards)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out-npz")
     p.add_argument("--keep-shards", action="store_true", help="keep the shards after merging")
     p.add_argument("--timeout", type=positive_int, default=600,

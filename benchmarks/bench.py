@@ -306,10 +306,10 @@ def parse_args(argv=None):
     p = OneLineParser(prog="bench.py", description=__doc__)
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="model checkpoint")
     p.add_argument("--refiner", default=None,
-                   help=f"FlowTurbo refiner; without it the R rows are left out (default: {DEFAULT_REFINER} if "
+                   help=f"FlowTurbo refiner; without it the R rows are left out (None: {DEFAULT_REFINER} if "
                         "present; a path given here must exist)")
     p.add_argument("--classifier", default=None,
-                   help=f"digit classifier for accuracy and the feature distance (default: {DEFAULT_CLASSIFIER} if "
+                   help=f"digit classifier for accuracy and the feature distance (None: {DEFAULT_CLASSIFIER} if "
                         "present; a path given here must exist)")
     p.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS, help="real-data feature statistics")
     p.add_argument("--n", type=positive_int, default=300, help="evaluation samples")

@@ -9,9 +9,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+import bench  # noqa: E402
 import gpu_overhead  # noqa: E402
 import peer_model  # noqa: E402
 import policies  # noqa: E402
+import sample  # noqa: E402
+import sample_ddp  # noqa: E402
 import theorem  # noqa: E402
 import toy_bandit  # noqa: E402
 import train  # noqa: E402
@@ -24,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # the training mains set tor
 
 SCRIPTS = {"train.py": train, "train_refiner.py": train_refiner, "train_classifier.py": train_classifier,
            "gpu_overhead.py": gpu_overhead, "peer_model.py": peer_model, "policies.py": policies,
-           "theorem.py": theorem, "toy_bandit.py": toy_bandit, "train_overhead.py": train_overhead}
+           "theorem.py": theorem, "toy_bandit.py": toy_bandit, "train_overhead.py": train_overhead,
+           "sample.py": sample, "sample_ddp.py": sample_ddp, "bench.py": bench}
 
 BAD_FLAGS = [
     ("train.py", ["--batch-size", "0"], "--batch-size"),
@@ -93,6 +97,9 @@ def test_help_shows_each_default_once(prog, capsys):
     assert out.startswith(f"usage: {prog}")
     flags = [line for line in out.splitlines() if line.startswith("  --")]  # one line starts each flag
     assert out.count("(default:") == len(flags)
+    parser = SCRIPTS[prog].__dict__.get("build_parser")
+    if parser is not None:  # every flag explains itself
+        assert all(a.help for a in parser()._actions)
 
 
 def test_good_flags_parse():
