@@ -37,6 +37,8 @@ class VelocityField:
             raise ValueError("x_init must be a tensor of shape (batch, ...)")
         if not x_init.is_floating_point():
             raise ValueError(f"x_init must be a floating-point tensor (noise), got {x_init.dtype}")
+        if x_init.dim() == 0 or x_init.shape[0] == 0 or x_init.numel() == 0:
+            raise ValueError(f"x_init must hold at least one sample, got shape {tuple(x_init.shape)}")
         self.velocity = velocity
         self.extras = extras
         grid = uniform(times) if isinstance(times, int) else check_times(times)

@@ -103,3 +103,12 @@ def test_the_state_keeps_the_dtype_of_x_init_and_integers_are_refused():
         assert out.x.dtype == torch.float32
     with pytest.raises(ValueError, match="x_init must be a floating-point tensor .*torch.int64"):
         ff.EulerSampler(4).sample(flow, torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0), ()])
+def test_an_empty_batch_is_refused_before_any_call(shape):
+    calls = []
+    s = ff.FastFlowSampler(10, calls=6)
+    with pytest.raises(ValueError, match=rf"x_init must hold at least one sample, got shape {tuple(shape)}"):
+        s.sample(lambda x, t: calls.append(1) or -x, torch.zeros(shape))
+    assert calls == [] and not s.calibrated  # a calibration on nothing would plan on zeros
