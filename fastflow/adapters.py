@@ -39,6 +39,10 @@ class Convention:
     prediction: "data - noise" (our v) or "noise - data" (the reversed-time velocity).
     scale: the model is fed tau * scale (1000 for diffusers' timesteps).
     x_arg, t_arg: the keywords the model takes the state and the time by.
+
+    Raises:
+        ValueError: for a ``noise_at`` other than 0 or 1, an unknown ``prediction``, or a scale
+            that is not > 0.
     """
 
     noise_at: float = 0.0
@@ -65,7 +69,11 @@ CONVENTIONS = {
 
 
 def first_tensor(out: Any) -> torch.Tensor:
-    """The prediction inside a model's output: a tensor, the first item of a tuple/list, or ``.sample``."""
+    """The prediction inside a model's output: a tensor, the first item of a tuple/list, or ``.sample``.
+
+    Raises:
+        TypeError: for an output that is none of these.
+    """
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
@@ -78,7 +86,17 @@ def first_tensor(out: Any) -> torch.Tensor:
 
 
 class ConventionAdapter:
-    """``adapter(x=x, t=t, **extras)`` in our convention, calling ``model`` in its own (see module docstring)."""
+    """``adapter(x=x, t=t, **extras)`` in our convention, calling ``model`` in its own (see module docstring).
+
+    With tau = t (``noise_at=0``) or 1 - t (``noise_at=1``), the model is called as
+    ``model(**{x_arg: x, t_arg: tau * scale}, **extras)``; its prediction (``first_tensor``) is
+    returned as is for ``"data - noise"`` and negated for ``"noise - data"``, so the adapter
+    returns v = data - noise in our time (t = 0 noise, t = 1 data), shape of x.
+
+    Raises:
+        TypeError: for a ``model`` that is not callable; when called, for a model output without
+            a prediction tensor (``first_tensor``).
+    """
 
     def __init__(self, model: Callable[..., Any], convention: Convention):
         if not callable(model):
@@ -86,6 +104,7 @@ class ConventionAdapter:
         self.model, self.convention = model, convention
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **extras) -> torch.Tensor:
+        """v(x, t) in our convention for x (batch, ...) and t (batch,) (see the class docstring)."""
         c = self.convention
         tau = t if c.noise_at == 0.0 else 1 - t
         out = first_tensor(self.model(**{c.x_arg: x, c.t_arg: tau * c.scale}, **extras))
@@ -100,8 +119,9 @@ def adapt(model: Callable[..., Any], convention: Optional[str] = None, **fields)
     overridden, or one given field by field (``Convention``'s fields).
 
     Raises:
-        ValueError: for an unknown convention name (listing the known ones) or a bad field value.
-        TypeError: for an unknown field.
+        ValueError: for an unknown convention name (listing the known ones) or a bad field value
+            (``Convention``).
+        TypeError: for an unknown field, or a ``model`` that is not callable.
     """
     if convention is None:
         base = Convention()

@@ -19,7 +19,17 @@ __all__ = ["Bandit", "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "ma
 
 
 class Bandit:
-    """Base class: pull counts, reward sums, and the shared bookkeeping."""
+    """Base class: pull counts, reward sums, and the shared bookkeeping.
+
+    Per arm a it keeps n_a (``counts``), sum_i r_i (``sums``) and sum_i r_i^2 (``sq_sums``);
+    ``mean(a)`` is sums[a] / n_a. Subclasses choose among tried arms (``_choose``).
+
+    Args:
+        n_arms: number of arms, >= 1.
+
+    Raises:
+        ValueError: for ``n_arms`` < 1.
+    """
 
     kind = "base"
 
@@ -33,9 +43,15 @@ class Bandit:
 
     @property
     def total(self) -> int:
+        """Total number of pulls, sum_a n_a."""
         return sum(self.counts)
 
     def mean(self, a: int) -> float:
+        """Mean reward of arm ``a``, sums[a] / n_a (0.0 while the arm is untried).
+
+        Raises:
+            IndexError: for an arm index >= ``n_arms``.
+        """
         return self.sums[a] / self.counts[a] if self.counts[a] else 0.0
 
     def _candidates(self, available: Optional[Sequence[int]]) -> list[int]:
@@ -46,6 +62,14 @@ class Bandit:
 
     def select(self, available: Optional[Sequence[int]] = None,
                generator: Optional[torch.Generator] = None) -> int:
+        """Index of the arm to pull among ``available`` (all arms if None): the lowest untried
+        one if any, else the subclass's rule (``generator`` for the randomised ones).
+
+        Raises:
+            ValueError: for an empty ``available``.
+            IndexError: for an available arm index >= ``n_arms``.
+            NotImplementedError: on the base class once every available arm has been tried.
+        """
         arms = self._candidates(available)
         untried = [a for a in arms if self.counts[a] == 0]
         if untried:
@@ -56,6 +80,13 @@ class Bandit:
         raise NotImplementedError
 
     def update(self, arm: int, reward: float) -> None:
+        """Record one pull of ``arm`` that paid ``reward``: n_a += 1, sums[a] += r, sq_sums[a] += r^2.
+
+        Raises:
+            IndexError: for an arm outside [0, n_arms - 1].
+            ValueError: for a non-finite reward (or a string that is not a number).
+            TypeError: for a reward that is not a number.
+        """
         if not 0 <= arm < self.n_arms:
             raise IndexError(f"arm {arm} out of range for {self.n_arms} arms")
         reward = float(reward)
@@ -67,15 +98,23 @@ class Bandit:
 
     def shift_rewards(self, arm: int, delta: float) -> None:
         """Add ``delta`` to every reward recorded for ``arm``, as if it had always been paid
-        (used when a Lagrange multiplier in the reward changes; exact for sums and squares)."""
+        (used when a Lagrange multiplier in the reward changes; exact for sums and squares):
+        sums[a] += n_a delta, sq_sums[a] += 2 delta sums[a] + n_a delta^2.
+
+        Raises:
+            IndexError: for an arm index >= ``n_arms``.
+        """
         n, s = self.counts[arm], self.sums[arm]
         self.sums[arm] = s + n * delta
         self.sq_sums[arm] += 2 * delta * s + n * delta * delta
 
     def hyperparameters(self) -> dict:
+        """The constructor's hyperparameters by name (none for the base class)."""
         return {}
 
     def state_dict(self) -> dict:
+        """Plain JSON-able state: ``kind``, ``n_arms``, ``hyper`` (``hyperparameters()``),
+        ``counts``, ``sums`` and ``sq_sums``; ``load_state_dict`` restores it exactly."""
         return {"kind": self.kind, "n_arms": self.n_arms, "hyper": self.hyperparameters(),
                 "counts": list(self.counts), "sums": list(self.sums), "sq_sums": list(self.sq_sums)}
 
@@ -124,6 +163,13 @@ class UCB1(Bandit):
 
     n is the total number of pulls; c = 2 is the classical constant, derived for
     rewards in [0, 1]. Deterministic: ties go to the lowest arm index.
+
+    Args:
+        n_arms: number of arms, >= 1.
+        c: exploration constant, >= 0.
+
+    Raises:
+        ValueError: for ``n_arms`` < 1 or c < 0.
     """
 
     kind = "ucb1"
@@ -135,6 +181,7 @@ class UCB1(Bandit):
         self.c = c
 
     def hyperparameters(self):
+        """``{"c": c}``."""
         return {"c": self.c}
 
     def _choose(self, arms, generator):
@@ -143,7 +190,18 @@ class UCB1(Bandit):
 
 
 class EpsilonGreedy(Bandit):
-    """With probability epsilon a uniformly random available arm, else the best mean."""
+    """With probability epsilon a uniformly random available arm, else the best mean.
+
+    Ties between best means go to the lowest arm index; draws use the ``generator`` given to
+    ``select``.
+
+    Args:
+        n_arms: number of arms, >= 1.
+        epsilon: exploration probability, in [0, 1].
+
+    Raises:
+        ValueError: for ``n_arms`` < 1 or an epsilon outside [0, 1].
+    """
 
     kind = "epsilon-greedy"
 
@@ -154,6 +212,7 @@ class EpsilonGreedy(Bandit):
         self.epsilon = epsilon
 
     def hyperparameters(self):
+        """``{"epsilon": epsilon}``."""
         return {"epsilon": self.epsilon}
 
     def _choose(self, arms, generator):
@@ -166,7 +225,15 @@ class GaussianThompson(Bandit):
     """Gaussian Thompson sampling: draw theta_a ~ N(mean_a, s^2 / n_a), pull argmax theta_a.
 
     s^2 is the pooled sample variance of all rewards seen (``prior_var`` until two
-    rewards exist), so the rule is invariant to the scale of the rewards.
+    rewards exist), so the rule is invariant to the scale of the rewards. Draws use the
+    ``generator`` given to ``select``.
+
+    Args:
+        n_arms: number of arms, >= 1.
+        prior_var: s^2 before two rewards exist, > 0.
+
+    Raises:
+        ValueError: for ``n_arms`` < 1 or ``prior_var`` <= 0.
     """
 
     kind = "thompson"
@@ -178,6 +245,7 @@ class GaussianThompson(Bandit):
         self.prior_var = prior_var
 
     def hyperparameters(self):
+        """``{"prior_var": prior_var}``."""
         return {"prior_var": self.prior_var}
 
     def _pooled_var(self) -> float:
@@ -221,6 +289,9 @@ class ErrorTableUCB:
         table: error table of the calibration run.
         c: exploration constant (UCB1's 2; 0 plans on the running means, no optimism).
         prior_sigma: spread of the log-ratios assumed before enough observations exist.
+
+    Raises:
+        ValueError: for c < 0 or ``prior_sigma`` <= 0 (NaN included).
     """
 
     def __init__(self, table: torch.Tensor, c: float = 2.0, prior_sigma: float = 0.5):
@@ -238,8 +309,12 @@ class ErrorTableUCB:
     def observe(self, state: tuple[int, ...], lead: int, error: float) -> None:
         """Record the error seen at ``lead`` steps past state (k, g_1..g_p).
 
+        An observation with a zero error, or whose table entry is 0 or +inf, teaches nothing
+        (there is no ratio) and is dropped.
+
         Raises:
             ValueError: for a negative or non-finite error.
+            IndexError: for a state or lead outside the table.
         """
         prior = float(self.table[state + (lead,)])
         if not (math.isfinite(error) and error >= 0):
@@ -252,6 +327,7 @@ class ErrorTableUCB:
         self.log_sq_sums[state] += lr * lr
 
     def end_run(self) -> None:
+        """Count one more run, N += 1 (after its observations): N enters the bonus's ln N."""
         self.runs += 1
 
     def sigma(self) -> float:
@@ -270,6 +346,9 @@ class ErrorTableUCB:
         return self.table * torch.exp(log_scale)[..., None]
 
     def state_dict(self) -> dict:
+        """Plain JSON-able statistics: ``runs`` (N), and per state ``counts`` (n(s)), ``log_sums``
+        and ``log_sq_sums`` of the log-ratios, as nested lists of the table's shape without its
+        lead axis. The table and the hyperparameters are not included."""
         return {"runs": self.runs, "counts": self.counts.tolist(), "log_sums": self.log_sums.tolist(),
                 "log_sq_sums": self.log_sq_sums.tolist()}
 
@@ -277,7 +356,11 @@ class ErrorTableUCB:
         """Restore statistics (hyperparameters stay the constructor's).
 
         Raises:
-            ValueError: for a shape mismatch, non-finite sums, counts < 1 or bad ``runs``.
+            ValueError: for a shape mismatch, non-finite sums, counts < 1 or bad ``runs`` (or, from
+                ``torch.tensor``, ragged lists or strings).
+            KeyError: for a missing ``runs``, ``counts``, ``log_sums`` or ``log_sq_sums``.
+            TypeError: for a state that is not a dict, or entries that are not numbers (from
+                ``torch.tensor``).
         """
         stats = [torch.tensor(state[key], dtype=torch.float64) for key in ("counts", "log_sums", "log_sq_sums")]
         if any(x.shape != self.counts.shape for x in stats):
@@ -294,7 +377,14 @@ BANDITS = {"ucb1": UCB1, "epsilon-greedy": EpsilonGreedy, "thompson": GaussianTh
 
 
 def make_bandit(kind: str, n_arms: int, **hyper) -> Bandit:
-    """Build a bandit by registry name (``BANDITS`` keys)."""
+    """Build a bandit by registry name (``BANDITS`` keys) with ``n_arms`` arms and hyperparameters
+    ``hyper`` (``c`` for UCB1, ``epsilon`` for epsilon-greedy, ``prior_var`` for Thompson).
+
+    Raises:
+        ValueError: for an unknown ``kind`` (listing the known ones), or a bad ``n_arms`` or
+            hyperparameter value (the bandit's constructor).
+        TypeError: for a hyperparameter the bandit does not take.
+    """
     if kind not in BANDITS:
         raise ValueError(f"unknown bandit '{kind}', choose from {sorted(BANDITS)}")
     return BANDITS[kind](n_arms, **hyper)

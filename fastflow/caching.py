@@ -26,9 +26,22 @@ __all__ = ["TeaCacheSampler", "TaylorSeerSampler", "static_skip_schedule"]
 class TeaCacheSampler(EulerSampler):
     """Euler that reuses the cached velocity while the input has changed little.
 
+    Time convention: t = 0 noise, t = 1 data. Before step k > 0 the rule adds
+    delta_k = mean|x_k - x_{k-1}| / mean|x_{k-1}| to an accumulator; step k reuses the cached
+    velocity while the accumulator is below ``threshold`` (never at step 0 or T - 1), and a
+    computed step stores its velocity and resets the accumulator to 0.
+
     Args:
-        steps: T.
+        steps: T, or an increasing (T + 1,) grid; or give ``times`` (see ``Sampler``).
         threshold: bound on the accumulated relative L1 change of x; 0 computes every step.
+
+    ``SampleResult.info`` keys: ``host_reads`` (the rule's one read per step after the first,
+    T - 1 in all, plus 1 for the finiteness check).
+
+    Raises:
+        TypeError: for a grid given twice or not at all, or a ``steps`` that is not an int (see ``Sampler``).
+        ValueError: for a bad grid (see ``Sampler``).
+        ValueError: for a threshold < 0 (or NaN).
     """
 
     def __init__(self, steps: Optional[int] = None, threshold: float = 0.1, *, times=None):
@@ -38,9 +51,16 @@ class TeaCacheSampler(EulerSampler):
         self.threshold = threshold
 
     def start(self, field):
+        """The run state: the cached velocity, the previous x, the accumulator, the reads made."""
         return {"cached": None, "prev_x": None, "acc": 0.0, "reads": 0}
 
     def velocity(self, field, st, k, x):
+        """The cached velocity while the accumulated change is below the threshold, else the
+        model at (x_k, t_k) (one host read per step k > 0 for the accumulator).
+
+        Raises:
+            ValueError: for a model output that is not a tensor of the shape of x (``VelocityField``).
+        """
         if st["prev_x"] is not None:
             prev = st["prev_x"]
             # the decision needs the number on the host: one device read per step (counted)
@@ -54,6 +74,7 @@ class TeaCacheSampler(EulerSampler):
         return st["cached"]
 
     def finish(self, field, st):
+        """``{"host_reads": reads}``: the rule's reads (``sample`` adds the check's)."""
         return {"host_reads": st["reads"]}
 
     def __repr__(self):
@@ -64,7 +85,22 @@ class TaylorSeerSampler(EulerSampler):
     """Euler that calls the model at steps k = 0..order and every ``interval``-th step,
     and forecasts v elsewhere by Newton extrapolation through the last order + 1 calls.
 
-    The model is called exactly at {k : k <= order or k % interval == 0}.
+    The model is called exactly at {k : k <= order or k % interval == 0}; elsewhere v_k is the
+    order-p Newton polynomial (``fastflow.extrapolate``) through the last p + 1 calls, evaluated at
+    t_k (time convention: t = 0 noise, t = 1 data).
+
+    Args:
+        steps: T, or an increasing (T + 1,) grid; or give ``times`` (see ``Sampler``).
+        interval: call the model every ``interval``-th step, an int >= 1.
+        order: extrapolation order p, an int >= 1.
+
+    ``SampleResult.info`` keys: ``host_reads`` (1 for the finiteness check, 0 with
+    ``check=False``).
+
+    Raises:
+        TypeError: for a grid given twice or not at all, or a ``steps`` that is not an int (see ``Sampler``).
+        ValueError: for a bad grid (see ``Sampler``).
+        ValueError: for an ``interval`` or ``order`` that is not an int >= 1.
     """
 
     def __init__(self, steps: Optional[int] = None, interval: int = 3, order: int = 2, *, times=None):
@@ -75,9 +111,15 @@ class TaylorSeerSampler(EulerSampler):
         self.order = check_order(order)
 
     def start(self, field):
+        """The run state: a ``History`` of the last order + 1 model calls."""
         return History(self.order + 1)
 
     def velocity(self, field, history, k, x):
+        """The model at (x_k, t_k) on the call steps, else the extrapolation at t_k.
+
+        Raises:
+            ValueError: for a model output that is not a tensor of the shape of x (``VelocityField``).
+        """
         if k <= self.order or k % self.interval == 0:
             v = field.at(k, x)
             history.append(field.t(k), v)
@@ -94,6 +136,13 @@ class TaylorSeerSampler(EulerSampler):
 
 
 def static_skip_schedule(steps: int, order: int = 1) -> list[int]:
-    """Extrapolate every other step: S = {order + 1, order + 3, ...} below T - 1."""
+    """Extrapolate every other step: S = {order + 1, order + 3, ...} below T - 1.
+
+    Every skipped step then has at least order + 1 real steps before it, as
+    ``ExtrapolatedEulerSampler`` requires.
+
+    Raises:
+        Nothing of its own (the arguments are not validated).
+    """
     return list(range(order + 1, steps - 1, 2))
 

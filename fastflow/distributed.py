@@ -30,8 +30,14 @@ def sample_round(sampler, velocity: Callable, batches: Sequence[torch.Tensor], *
     policy's, and its random generator's), then every batch's update, in batch order. What ``len(batches)`` ranks do together, in one process.
     Extras are passed to ``sample`` (the same for every batch; use ``sample`` per batch for more).
 
+    Returns:
+        One ``SampleResult`` per batch, in batch order.
+
     Raises:
-        ValueError: for an uncalibrated FastFlow sampler (see ``deferred_updates``).
+        ValueError: for an uncalibrated FastFlow sampler (see ``deferred_updates``), or any of
+            ``sample``'s errors (a bad batch, a velocity of the wrong shape or not finite); the
+            round's updates are then dropped and the policy is left as the round found it.
+        Whatever ``velocity`` raises, unchanged (the round's updates are dropped likewise).
     """
     if not isinstance(sampler, FastFlowSampler):
         return [sampler.sample(velocity, x, **extras) for x in batches]
@@ -53,7 +59,10 @@ def share_updates(sampler, update: Optional[dict], group=None) -> list[Optional[
     group must call it once per round. Returns the gathered updates.
 
     Raises:
-        ValueError: for an uncalibrated FastFlow sampler or a malformed update (on every rank).
+        ValueError: for an uncalibrated FastFlow sampler or a malformed update (on every rank;
+            see ``FastFlowSampler.apply_updates``), or from ``torch.distributed`` when no process
+            group is initialised.
+        RuntimeError: from ``torch.distributed`` when the collective fails.
     """
     import torch.distributed as dist
     gathered: list = [None] * dist.get_world_size(group)
@@ -69,7 +78,10 @@ def broadcast_state(sampler, src: int = 0, group=None) -> None:
     global rank. Other samplers learn nothing and are left alone.
 
     Raises:
-        ValueError: if the received state does not fit this rank's sampler (other settings).
+        ValueError: if the received state does not fit this rank's sampler (other settings; see
+            ``FastFlowSampler.load_state_dict``), or from ``torch.distributed`` when no process
+            group is initialised (FastFlow samplers only).
+        RuntimeError: from ``torch.distributed`` when the collective fails.
     """
     import torch.distributed as dist
     if not isinstance(sampler, FastFlowSampler):

@@ -53,6 +53,9 @@ def lagrange_weights(nodes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     c_r = prod_{s != r} (t - nodes_s) / (nodes_r - nodes_s). Vectorised over a leading axis:
     ``nodes`` (E, p + 1) distinct times per row, ``t`` (E,); returns (E, p + 1), float64.
     Equal to ``newton_extrapolate`` up to rounding (same polynomial).
+
+    Raises:
+        Nothing of its own (repeated nodes in a row give non-finite weights, not an error).
     """
     nodes, t = nodes.to(torch.float64), t.to(torch.float64)
     diff = nodes[:, :, None] - nodes[:, None, :]                      # (E, p+1, p+1): n_r - n_s
@@ -63,7 +66,11 @@ def lagrange_weights(nodes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def table_shape(steps: int, order: int, max_run: int) -> tuple[int, ...]:
-    """Shape of the error table: (T, R + 2, ..., R + 2), with p gap axes and one lead axis."""
+    """Shape of the error table: (T, R + 2, ..., R + 2), with p gap axes and one lead axis.
+
+    Raises:
+        Nothing of its own.
+    """
     return (steps,) + (max_run + 2,) * order + (max_run + 2,)
 
 
@@ -80,6 +87,9 @@ class TableRecorder:
         max_run: R.
         weights: optional (T,) per-target weights w_j (see the module docstring); default 1.
         base: whose local error ``euler_errors`` estimates: ``"euler"`` or ``"ab2"``.
+
+    Raises:
+        ValueError: for ``weights`` of another length than ``times``.
     """
 
     def __init__(self, times: Sequence[float] | torch.Tensor, order: int, max_run: int,
@@ -118,7 +128,11 @@ class TableRecorder:
         self.euler_eta: list[torch.Tensor] = []
 
     def add(self, j: int, v: torch.Tensor) -> None:
-        """Record the real velocity at step j (steps must come in order 0, 1, ...)."""
+        """Record the real velocity v_j (batch, ...) at step j (steps must come in order 0, 1, ...).
+
+        Raises:
+            ValueError: for a step out of order (naming the expected one).
+        """
         if j != len(self.window):
             raise ValueError(f"steps must be recorded in order: expected step {len(self.window)}, got {j}")
         flat = v.reshape(-1)
@@ -140,7 +154,12 @@ class TableRecorder:
         self.results.append((index, err if self.weights is None else err * self.weights[j]))
 
     def table(self) -> torch.Tensor:
-        """The error table (float64, on the CPU); +inf where undefined. One host read."""
+        """The error table (float64, on the CPU), shape ``table_shape(T, p, R)``; +inf where
+        undefined, 0 at lead 0. One host read.
+
+        Raises:
+            ValueError: if fewer than T steps were recorded.
+        """
         if len(self.window) != self.steps:
             raise ValueError(f"the run recorded {len(self.window)} of {self.steps} steps")
         out = torch.full(table_shape(self.steps, self.order, self.max_run), float("inf"), dtype=torch.float64)
@@ -170,6 +189,9 @@ def error_table(times: Sequence[float] | torch.Tensor, velocities: Sequence[torc
         times: (T,) grid times t_0..t_{T-1}.
         velocities: T tensors (batch, ...), the real velocities at those times.
         order, max_run: p and R.
+
+    Returns:
+        The table, float64 on the CPU, of shape ``table_shape(T, order, max_run)``.
 
     Raises:
         ValueError: if the lengths differ.

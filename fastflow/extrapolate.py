@@ -22,7 +22,11 @@ __all__ = ["newton_extrapolate", "History", "check_order"]
 
 
 def check_order(order: int) -> int:
-    """Validate an extrapolation order p (an int >= 1) and return it."""
+    """Validate an extrapolation order p (an int >= 1) and return it.
+
+    Raises:
+        ValueError: for a bool, a non-int or an int < 1.
+    """
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"extrapolation order must be an int >= 1, got {order!r}")
     return order
@@ -38,6 +42,9 @@ def newton_extrapolate(times: Sequence[float], values: Sequence[torch.Tensor], t
 
     Returns:
         Tensor of the shape of values[0].
+
+    Raises:
+        ValueError: for empty or mismatched ``times`` and ``values``, or repeated times.
     """
     if len(times) != len(values) or len(times) == 0:
         raise ValueError(f"need matching non-empty times and values, got {len(times)} and {len(values)}")
@@ -56,7 +63,17 @@ def newton_extrapolate(times: Sequence[float], values: Sequence[torch.Tensor], t
 
 
 class History:
-    """The last ``size`` real evaluations (t, v), oldest first, in a bounded deque."""
+    """The last ``size`` real evaluations (t, v), oldest first, in a bounded deque.
+
+    Times are the model's times t_k (t = 0 noise, t = 1 data, or any affine rescaling of them:
+    extrapolation is unchanged by one); values are velocities of one shape (batch, ...).
+
+    Args:
+        size: how many evaluations to keep (``order + 1`` for extrapolation of order p).
+
+    Raises:
+        ValueError: for a negative ``size`` (from ``collections.deque``).
+    """
 
     def __init__(self, size: int):
         self.times: deque[float] = deque(maxlen=size)
@@ -66,12 +83,19 @@ class History:
         return len(self.times)
 
     def append(self, t: float, v: torch.Tensor) -> None:
+        """Record the real velocity ``v`` taken at time ``t``, dropping the oldest entry when full."""
         self.times.append(t)
         self.values.append(v)
 
     def extrapolate(self, t: float, order: int, drop_last: int = 0) -> torch.Tensor:
         """Order-``order`` estimate at ``t`` from the newest ``order + 1`` entries,
-        ignoring the ``drop_last`` newest ones (to replay an earlier prediction)."""
+        ignoring the ``drop_last`` newest ones (to replay an earlier prediction).
+
+        Returns ``newton_extrapolate`` of those entries at ``t``, of the entries' shape.
+
+        Raises:
+            ValueError: if fewer than ``order + 1`` entries remain, or their times repeat.
+        """
         end = len(self.times) - drop_last
         start = end - order - 1
         if start < 0:

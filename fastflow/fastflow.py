@@ -78,8 +78,24 @@ class ExtrapolatedEulerSampler(_BaseStep):
     docstring). A run makes exactly T - |skip| model calls and takes no
     decision at run time. ``save``/``load`` keep the schedule as JSON.
 
+    Time convention: t = 0 noise, t = 1 data. On a skipped step k, v_k is the order-p Newton
+    polynomial through the last p + 1 real evaluations, evaluated at t_k (``fastflow.extrapolate``).
+
+    Args:
+        steps: T, or an increasing (T + 1,) grid; or give ``times`` (see ``Sampler``).
+        skip: the step indices S whose velocity is extrapolated.
+        order: extrapolation order p, an int >= 1.
+        times: any grid (T + 1,) from 0 to 1 (``fastflow.grids``).
+        base: ``"euler"`` or ``"ab2"`` (module docstring).
+
+    ``SampleResult.info`` keys: ``host_reads`` (1 for the finiteness check, 0 with
+    ``check=False``); ``result.skipped`` is sorted(S) and ``nfe`` is T - |S|.
+
     Raises:
-        ValueError: for a skip step outside [0, T - 1] or with too few real steps before it.
+        ValueError: for a skip step that is not an int in [0, T - 1] or has too few real steps
+            before it, an ``order`` that is not an int >= 1, an unknown ``base``, or a bad grid.
+        TypeError: for a grid given twice or not at all, a ``steps`` that is not an int, or a
+            ``skip`` that is not an iterable of hashable, mutually comparable values.
     """
 
     def __init__(self, steps: Optional[int], skip: Iterable[int], order: int = 1, *, times=None,
@@ -99,9 +115,16 @@ class ExtrapolatedEulerSampler(_BaseStep):
         self.skip = frozenset(skip)
 
     def start(self, field):
+        """The run state: an empty history of the last order + 1 real evaluations."""
         return _Run(history=History(self.order + 1), recorder=None)
 
     def velocity(self, field, run, k, x):
+        """The extrapolated velocity at t_k if k is in ``skip`` (no model call), else the model at
+        (x_k, t_k), recorded in the history.
+
+        Raises:
+            ValueError: for a model output that is not a tensor of the shape of x (``VelocityField``).
+        """
         if k in self.skip:
             field.mark_skipped(k)
             return run.history.extrapolate(field.t(k), self.order)
@@ -110,6 +133,8 @@ class ExtrapolatedEulerSampler(_BaseStep):
         return v
 
     def state_dict(self) -> dict:
+        """The schedule as plain JSON-able data: ``format``, ``steps``, ``order``, ``skip``, and
+        ``times`` (uneven grids) and ``base`` (other than Euler) when they differ from the default."""
         state = {"format": SCHEDULE_FORMAT, "steps": self.steps, "order": self.order, "skip": sorted(self.skip)}
         if not self.uniform:
             state["times"] = self.times.tolist()
@@ -119,6 +144,14 @@ class ExtrapolatedEulerSampler(_BaseStep):
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "ExtrapolatedEulerSampler":
+        """Build the sampler a ``state_dict`` describes.
+
+        Raises:
+            ValueError: for a state without the schedule ``format`` or a list ``skip``, or values
+                the constructor refuses (a bad skip step, order, base or grid).
+            TypeError: for a missing ``steps`` (without ``times``), a non-int ``steps``, or
+                unhashable skip entries (as the constructor).
+        """
         if not isinstance(state, dict) or state.get("format") != SCHEDULE_FORMAT:
             raise ValueError(f"not a skip schedule (missing 'format': '{SCHEDULE_FORMAT}')")
         if not isinstance(state.get("skip"), list):
@@ -127,12 +160,22 @@ class ExtrapolatedEulerSampler(_BaseStep):
                    base=state.get("base", "euler"))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the schedule as JSON, atomically."""
+        """Write the schedule (``state_dict``) as JSON, atomically.
+
+        Raises:
+            OSError: naming ``path`` when it cannot be written (``fastflow.atomic.atomic_write``).
+        """
         atomic_write(path, lambda f: json.dump(self.state_dict(), f), binary=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExtrapolatedEulerSampler":
-        """Read a schedule written by ``save``; a malformed file raises ValueError naming it."""
+        """Read a schedule written by ``save``.
+
+        Raises:
+            ValueError: naming the file, for one that is not UTF-8 JSON or not a valid schedule
+                (the errors of ``from_state_dict``, TypeError included).
+            OSError: when the file cannot be read (e.g. FileNotFoundError).
+        """
         try:
             with open(path, "rb") as f:
                 state = json.loads(f.read().decode("utf-8"))
@@ -155,9 +198,17 @@ def extrapolated_euler(velocity, x_init: torch.Tensor, steps, skip: Iterable[int
         steps: T, number of uniform steps, or a grid (T + 1,) from ``fastflow.grids``.
         skip: the set S of step indices whose velocity is extrapolated (no model call).
         order: order p of the finite-difference extrapolation (p + 1 real points).
+        **extras: passed to ``sample`` (``trace``, ``check``, ``model_kwargs``) and from there to
+            every ``velocity`` call.
 
     Returns:
         SampleResult with nfe == T - |S| and skipped == sorted(S).
+
+    Raises:
+        ValueError: as ``ExtrapolatedEulerSampler`` (a bad skip step, order or grid) and its
+            ``sample`` (a bad ``x_init``, a velocity of the wrong shape or not finite, ...).
+        TypeError: as ``ExtrapolatedEulerSampler`` (a bad ``steps``), or a ``velocity`` that is
+            not callable.
     """
     return ExtrapolatedEulerSampler(steps, skip, order).sample(velocity, x_init, **extras)
 
@@ -241,8 +292,18 @@ class FastFlowSampler(_BaseStep):
         **bandit_kwargs: hyperparameters of the paper policy's bandit (``c``, ``epsilon``, ``prior_var``).
 
     Raises:
-        ValueError: for bad arms, mu, order, policy, both ``calls`` and ``tolerance``, a
-            tolerance <= 0, or a call budget that no plan can meet.
+        ValueError: for bad arms (empty, not non-negative ints, repeated, or none >= 1), a
+            negative or non-finite mu, an order that is not an int >= 1, an unknown policy,
+            base or bandit, a bandit, its hyperparameters or mu given to a policy other than
+            ``"paper"``, both ``calls`` and ``tolerance``, a ``calls`` that is not an int in
+            [p + 2, T] or that no plan can meet (below ``min_calls``), a tolerance that is not a
+            finite number > 0, a ``max_run`` that is not an int in [1, T] (or, for the paper
+            policy, differs from max(arms)), an explore < 0, a bad hyperparameter value
+            (``make_bandit``), or a bad grid. ``sample`` raises it too when the calibration run
+            gives NaN extrapolation errors (nothing is learned then), besides ``Sampler.sample``'s
+            errors.
+        TypeError: for a grid given twice or not at all, a ``steps`` that is not an int, or a
+            hyperparameter the paper policy's bandit does not take.
 
     ``SampleResult.info`` keys: ``policy``, ``calibration_run`` (bool), ``calls_target`` (K,
     None before calibration), ``decisions`` ((k, m) pairs: m steps extrapolated after real
@@ -323,11 +384,20 @@ class FastFlowSampler(_BaseStep):
     @classmethod
     def paper(cls, steps: int, **kwargs) -> "FastFlowSampler":
         """The paper's configuration: per-step UCB1 (c = 2), raw reward mu * m - e, mu calibrated
-        on the first run as max_k e_k / T (one-step-ahead errors e_k), arms 0..4."""
+        on the first run as max_k e_k / T (one-step-ahead errors e_k), arms 0..4.
+
+        ``kwargs`` go to the constructor (``calls``, ``mu``, ``order``, ``times``, ...).
+
+        Raises:
+            ValueError: as the constructor, for a bad value in ``kwargs``.
+            TypeError: for a keyword this method sets itself (``policy``, ``normalize_rewards``,
+                ``bandit``, ``c``), or a bad ``steps`` (as the constructor).
+        """
         return cls(steps, policy="paper", normalize_rewards=False, bandit="ucb1", c=2.0, **kwargs)
 
     @property
     def calibrated(self) -> bool:
+        """Whether the calibration run has been made (or a calibrated state loaded)."""
         return self.policy is not None
 
     @property
@@ -338,6 +408,8 @@ class FastFlowSampler(_BaseStep):
     # -- the step rule ---------------------------------------------------------------
 
     def start(self, field):
+        """The run state: an empty history, and an error-table recorder if this is the
+        calibration run."""
         size = self.order + 1
         if not self.calibrated:
             times = [field.t(k) for k in range(field.steps)]
@@ -346,6 +418,14 @@ class FastFlowSampler(_BaseStep):
         return _Run(history=History(size), recorder=None)
 
     def velocity(self, field: VelocityField, run: _Run, k: int, x: torch.Tensor) -> torch.Tensor:
+        """The velocity of step k: inside a run of skips, the order-p extrapolation at t_k (no
+        model call); else the model at (x_k, t_k), after which the policy picks the next run
+        (steps p..T-2 after calibration) and, on the real step ending a run, the error of that
+        run's extrapolation is kept on the device for ``finish``.
+
+        Raises:
+            ValueError: for a model output that is not a tensor of the shape of x (``VelocityField``).
+        """
         if run.remaining > 0:
             run.remaining -= 1
             field.mark_skipped(k)
@@ -372,6 +452,13 @@ class FastFlowSampler(_BaseStep):
         return v
 
     def finish(self, field, run):
+        """After the calibration run, build the table and the policy (``_calibrate``); after a
+        later run, read its observations (one host read) and update a learning policy, or queue
+        the update inside ``deferred_updates``. Returns the info keys of the class docstring.
+
+        Raises:
+            ValueError: when the calibration run's table has NaN entries (nothing is set then).
+        """
         calibrating = run.recorder is not None
         reads = 0
         if calibrating:
@@ -406,7 +493,8 @@ class FastFlowSampler(_BaseStep):
 
         Raises:
             ValueError: on entry, if the sampler is not calibrated (a calibration run cannot be
-                deferred: it builds the policy).
+                deferred: it builds the policy), or inside another ``deferred_updates`` block
+                (they do not nest).
         """
         self._need_calibration("deferred updates")
         if self._deferred is not None:
@@ -423,8 +511,16 @@ class FastFlowSampler(_BaseStep):
         all ranks' states equal, and equal to one process that ran the same batches in rounds
         (``fastflow.distributed``).
 
+        Each update is ``{"observations": [[k, gaps, lead, error], ...], "nfe": calls}``.
+
         Raises:
-            ValueError: for a malformed update (nothing is applied then).
+            ValueError: before calibration, or for a malformed update: missing keys, values that
+                are not numbers, a step outside [0, T - 1], gaps not p in number, a negative
+                or non-finite error, or an nfe outside [0, 2T] (nothing is applied then).
+            KeyError, IndexError, ValueError: from the policy's ``update`` for an update that
+                passes those checks but names a step, gap or lead the policy has no entry for
+                (``PaperBanditPolicy.update``, ``PlanningBanditPolicy.update``); the updates
+                before it have been applied then.
         """
         self._need_calibration("apply_updates")
         parsed = []
@@ -485,18 +581,34 @@ class FastFlowSampler(_BaseStep):
     # -- inspection ------------------------------------------------------------------
 
     def schedule(self) -> list[int]:
-        """The skip set the policy would play now without exploring."""
+        """The skip set the policy would play now without exploring.
+
+        Raises:
+            ValueError: before calibration (or, for the bandit policy, if no plan with K calls
+                has a finite error on the running estimate).
+        """
         self._need_calibration("a schedule")
         return self.policy.schedule()
 
     def freeze(self) -> ExtrapolatedEulerSampler:
         """What was learned, as a fixed schedule: no decisions at run time, reproducible,
-        savable (``ExtrapolatedEulerSampler.save``)."""
+        savable (``ExtrapolatedEulerSampler.save``).
+
+        Raises:
+            ValueError: before calibration (see ``schedule``).
+        """
         return ExtrapolatedEulerSampler(self.steps, self.schedule(), self.order, times=self.times, base=self.base)
 
     def planned_error(self, skip: Optional[Iterable[int]] = None) -> float:
         """Summed table error of a skip set (default: the current schedule), relative to the
-        calibration run's estimate of Euler-T's own error sum_k eta_k."""
+        calibration run's estimate of Euler-T's own error sum_k eta_k:
+        ``plan_cost(table, T, skip, p) / sum_k eta_k``.
+
+        Raises:
+            ValueError: before calibration, or for a skip set ``plan_cost`` refuses (a step with
+                too few real steps before it, or a run longer than the table covers).
+            ZeroDivisionError: when sum_k eta_k is 0 (a velocity constant along the run).
+        """
         self._need_calibration("a planned error")
         skip = self.schedule() if skip is None else skip
         return plan_cost(self.table, self.steps, skip, self.order) / float(self.euler_errors.sum())
@@ -509,16 +621,27 @@ class FastFlowSampler(_BaseStep):
 
     @property
     def bandits(self):
+        """The paper policy's per-step bandits, {step k: bandit}; ValueError for other policies
+        or before calibration."""
         return self._paper().bandits
 
     def arm_counts(self) -> dict[int, list[int]]:
-        """Pull counts per decision step, in the order of ``arms`` (paper policy)."""
+        """Pull counts per decision step, in the order of ``arms`` (paper policy; {} before
+        calibration).
+
+        Raises:
+            ValueError: for a policy other than ``"paper"``.
+        """
         if not self.calibrated and self.policy_name == "paper":
             return {}
         return {k: list(b.counts) for k, b in self._paper().bandits.items()}
 
     def greedy_schedule(self) -> list[int]:
-        """Steps skipped if every bandit pulled its best-mean arm (paper policy; [] before calibration)."""
+        """Steps skipped if every bandit pulled its best-mean arm (paper policy; [] before calibration).
+
+        Raises:
+            ValueError: for a policy other than ``"paper"``.
+        """
         if not self.calibrated and self.policy_name == "paper":
             return []
         return self._paper().schedule()
@@ -533,6 +656,12 @@ class FastFlowSampler(_BaseStep):
                 "normalize_rewards": self.normalize_rewards}
 
     def state_dict(self) -> dict:
+        """The state as plain JSON-able data: ``format``, ``version``, the settings (``steps``,
+        ``times``, ``base``, ``order``, ``arms``, ``max_run``, ``policy``, ``calls``, ``tolerance``,
+        ``bandit``, ``normalize_rewards``) and ``calibrated``; once calibrated also the table
+        (``table_shape``, ``table`` flattened with null for +inf), ``euler_errors``,
+        ``calls_target`` and the policy's statistics (``plan``; ``planner``; or ``mu``,
+        ``reward_scale`` and ``bandits``)."""
         state = {"format": STATE_FORMAT, "version": STATE_VERSION, **self._config(), "calibrated": self.calibrated}
         if not self.calibrated:
             return state
@@ -557,7 +686,7 @@ class FastFlowSampler(_BaseStep):
         Raises:
             ValueError: naming the field, for another format or version, a state learned by a
                 differently configured sampler (steps, order, arms, policy, budget, bandit), or
-                any malformed value.
+                any malformed value (a malformed ``planner`` or ``bandits`` entry included).
         """
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a FastFlow state (missing 'format': '{STATE_FORMAT}')")
@@ -648,7 +777,7 @@ class FastFlowSampler(_BaseStep):
         error table of one model at one guidance scale, labels mix and resolution.
 
         Raises:
-            ValueError: for a tag that is not a string.
+            ValueError: for a tag that is not a string or None.
             OSError: naming ``path`` when it cannot be written.
         """
         if tag is not None and not isinstance(tag, str):
@@ -662,8 +791,9 @@ class FastFlowSampler(_BaseStep):
 
         Raises:
             ValueError: naming the file, for a corrupt, non-UTF-8 or mismatched file, or a tag
-                that differs from the one it was saved with.
-            OSError: when the file cannot be read.
+                that differs from the one it was saved with (all of ``load_state_dict``'s errors,
+                and a KeyError or TypeError from a malformed state, become this).
+            OSError: when the file cannot be read (e.g. FileNotFoundError).
         """
         try:
             with open(path, "rb") as f:

@@ -27,6 +27,18 @@ class VelocityField:
     dtype of ``x_init`` (which must be floating point) whatever the model computes in. Finiteness is recorded as an on-device flag per call and read once, by
     ``verify()`` at the end of the run, so the sampling loop never waits on the device for it;
     ``check=False`` skips it.
+
+    Args:
+        velocity: the model, called as ``velocity(x=x, t=t, **extras)``.
+        x_init: the state at t = 0, a floating-point tensor of shape (batch, ...), batch >= 1.
+        times: an int T (uniform grid) or a (T + 1,) grid from 0 to 1.
+        extras: keyword arguments passed to every call.
+        check: record the finiteness of every output for ``verify()``.
+
+    Raises:
+        TypeError: for a ``velocity`` that is not callable (or a bool ``times``).
+        ValueError: for an ``x_init`` that is not a floating-point tensor of shape (batch, ...)
+            holding at least one sample, or a bad grid (T < 2, or ``check_times``'s errors).
     """
 
     def __init__(self, velocity: Velocity, x_init: torch.Tensor, times: Union[int, torch.Tensor],
@@ -62,7 +74,16 @@ class VelocityField:
         return self.steps_dt[k]
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """Evaluate the model at state x (batch, ...) and scalar time t; returns (batch, ...)."""
+        """Evaluate the model at state x (batch, ...) and scalar time t; returns (batch, ...).
+
+        ``t`` is broadcast to a (batch,) tensor of x's dtype and device; the output is cast to
+        x's dtype and counted in ``nfe``.
+
+        Raises:
+            ValueError: for an output that is not a tensor of the shape of x (naming the call
+                and its time).
+            Whatever the model raises, unchanged.
+        """
         tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         v = self.velocity(x=x, t=tt, **self.extras)
         self.nfe += 1
@@ -93,7 +114,11 @@ class VelocityField:
         return 1
 
     def at(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Evaluate the model at grid point k."""
+        """Evaluate the model at grid point k: ``self(x, t_k)``.
+
+        Raises:
+            ValueError: as ``__call__``, for an output of the wrong shape.
+        """
         return self(x, self.t(k))
 
     def mark_skipped(self, k: int) -> None:

@@ -54,10 +54,17 @@ class FlowTurboSampler(Sampler):
             required when refine > 0. Extras are the ones given to ``sample``.
         refiner_form: "consistent" (default) or "published".
 
+    Time convention: t = 0 noise, t = 1 data; block i goes from t_i to t_{i+1} (module docstring).
+
+    ``SampleResult.info`` keys: ``refiner_calls`` (refiner evaluations in the run: 2c, or 2c - 1
+    with ``correct_last=False`` and a refiner block last), ``config`` (the name ``"HaPbRc"``),
+    ``host_reads`` (1 for the finiteness check of the model's outputs, 0 with ``check=False``;
+    the refiner's outputs are not checked for finiteness, nor cast to the dtype of x).
+
     Raises:
         ValueError: for negative or non-int counts, fewer than 2 blocks, pseudo blocks without a
             Heun block, refiner blocks without a refiner or a block before them, an unknown
-            ``refiner_form``, or a bad grid.
+            ``refiner_form``, or a bad grid (``times`` invalid, or not of a + b + c steps).
     """
 
     def __init__(self, heun: int, pseudo: int = 0, refine: int = 0,
@@ -84,9 +91,11 @@ class FlowTurboSampler(Sampler):
 
     @property
     def name(self) -> str:
+        """The configuration as ``"HaPbRc"``, e.g. ``"H2P1R0"``."""
         return f"H{self.heun}P{self.pseudo}R{self.refine}"
 
     def start(self, field):
+        """The run state: the velocity handed to the next block, and the refiner calls made."""
         return {"handed": None, "refiner_calls": 0}
 
     def _refine(self, field: VelocityField, st: dict, x: torch.Tensor, t: float, u: torch.Tensor) -> torch.Tensor:
@@ -99,6 +108,13 @@ class FlowTurboSampler(Sampler):
         return r
 
     def step(self, field, st, k, x):
+        """Block k from t_k to t_{k+1}: Heun for k < a, pseudo corrector for a <= k < a + b,
+        refiner after (module docstring); an Euler step last with ``correct_last=False``.
+
+        Raises:
+            ValueError: for a refiner or model output that is not a tensor of the shape of x.
+            Whatever the refiner raises, unchanged.
+        """
         dt, t0, t1 = field.dt(k), field.t(k), field.t(k + 1)
         euler_end = k == self.steps - 1 and not self.correct_last
         if k < self.heun + self.pseudo:
@@ -118,6 +134,7 @@ class FlowTurboSampler(Sampler):
         return x + 0.5 * dt * (d0 + d1)
 
     def finish(self, field, st) -> dict[str, Any]:
+        """``{"refiner_calls": ..., "config": name}`` (``sample`` adds ``host_reads``)."""
         return {"refiner_calls": st["refiner_calls"], "config": self.name}
 
     def __repr__(self):

@@ -26,6 +26,12 @@ Grid = Union[torch.Tensor, Sequence[float]]
 
 
 def _check_steps(steps) -> int:
+    """Validate a number of steps T (an int >= 2) and return it (``fastflow.field.check_steps``).
+
+    Raises:
+        TypeError: for a ``steps`` that is not an int (a bool included).
+        ValueError: for ``steps`` < 2.
+    """
     if isinstance(steps, bool) or not isinstance(steps, int):
         raise TypeError(f"steps must be an int, got {type(steps).__name__}")
     if steps < 2:
@@ -34,7 +40,12 @@ def _check_steps(steps) -> int:
 
 
 def uniform(steps: int) -> torch.Tensor:
-    """(T + 1,) float64: t_k = k / T."""
+    """(T + 1,) float64: t_k = k / T, from t_0 = 0 (noise) to t_T = 1 (data).
+
+    Raises:
+        TypeError: for a ``steps`` that is not an int.
+        ValueError: for ``steps`` < 2.
+    """
     steps = _check_steps(steps)
     return torch.arange(steps + 1, dtype=torch.float64) / steps
 
@@ -45,7 +56,8 @@ def shifted(steps: int, shift: float = 3.0) -> torch.Tensor:
     shift = 1 is the uniform grid; shift > 1 puts more steps near t = 0 (noise).
 
     Raises:
-        ValueError: for shift <= 0.
+        ValueError: for shift <= 0 (or NaN), or ``steps`` < 2.
+        TypeError: for a ``steps`` that is not an int.
     """
     if not shift > 0:
         raise ValueError(f"shift must be > 0, got {shift}")
@@ -62,7 +74,8 @@ def edm(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: floa
     i = 0..T-1 and sigma_T = 0; t_i = 1 / (1 + sigma_i), then t_0 is set to 0 (pure noise).
 
     Raises:
-        ValueError: unless 0 < sigma_min < sigma_max and rho > 0.
+        ValueError: unless 0 < sigma_min < sigma_max and rho > 0; for ``steps`` < 2.
+        TypeError: for a ``steps`` that is not an int.
     """
     steps = _check_steps(steps)
     if not 0 < sigma_min < sigma_max or not rho > 0:
@@ -77,10 +90,12 @@ def edm(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: floa
 def check_times(times: Grid) -> torch.Tensor:
     """Validate a grid and return it as a float64 CPU tensor (T + 1,).
 
+    The ends are snapped to exactly 0 (noise) and 1 (data) after a check to within 1e-12.
+
     Raises:
-        ValueError: one line saying what is wrong: not 1-D, fewer than 3 points (2 steps), not
-            finite, not starting at 0 or ending at 1, or not strictly increasing (naming the
-            first offending pair).
+        ValueError: one line saying what is wrong: not a sequence of numbers, not 1-D, fewer than
+            3 points (2 steps), not finite, not starting at 0 or ending at 1, or not strictly
+            increasing (naming the first offending pair).
     """
     try:
         t = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
@@ -107,7 +122,8 @@ def resolve_grid(steps: Optional[int], times: Optional[Grid]) -> tuple[int, torc
     """(T, times) from exactly one of ``steps`` (uniform grid) and ``times``; both if they agree.
 
     Raises:
-        TypeError / ValueError: if neither is given, they disagree, or either is invalid.
+        TypeError: if neither is given, or ``steps`` is not an int.
+        ValueError: if they disagree, ``steps`` < 2, or ``times`` is invalid (``check_times``).
     """
     if times is None:
         if steps is None:
@@ -120,5 +136,9 @@ def resolve_grid(steps: Optional[int], times: Optional[Grid]) -> tuple[int, torc
 
 
 def is_uniform(times: torch.Tensor, atol: float = 1e-12) -> bool:
-    """Whether ``times`` is k / T up to ``atol``."""
+    """Whether ``times`` (a (T + 1,) float64 tensor) is k / T up to ``atol``.
+
+    Raises:
+        ValueError: for fewer than 3 points (T < 2, from ``uniform``).
+    """
     return bool(torch.allclose(times, uniform(len(times) - 1), rtol=0, atol=atol))

@@ -60,6 +60,10 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> torch.T
 
     Returns:
         (N,) float64 PSNR values in dB.
+
+    Raises:
+        ValueError: if ``x`` and ``ref`` differ in shape or are not a batch (N, ...) of at least
+            2 dimensions.
     """
     _check_pair(x, ref)
     mse = (x.double() - ref.double()).pow(2).flatten(1).mean(dim=1)  # (N,)
@@ -69,7 +73,11 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> torch.T
 
 def gaussian_window(window_size: int, sigma: float, dtype: torch.dtype = torch.float64,
                     device: torch.device | str | None = None) -> torch.Tensor:
-    """Normalised 1-D Gaussian, shape (window_size,): ``g_i ∝ exp(-(i - (w-1)/2)^2 / (2 sigma^2))``."""
+    """Normalised 1-D Gaussian, shape (window_size,): ``g_i ∝ exp(-(i - (w-1)/2)^2 / (2 sigma^2))``.
+
+    Raises:
+        ValueError: for a ``window_size`` that is not a positive odd integer, or sigma <= 0.
+    """
     if window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be a positive odd integer, got {window_size}")
     if sigma <= 0:
@@ -125,6 +133,11 @@ def ssim(
 
     Returns:
         (N,) float64 SSIM values, 1 for identical images, in [-1, 1].
+
+    Raises:
+        ValueError: if ``x`` and ``ref`` differ in shape or are not (N, C, H, W), if H or W is
+            smaller than ``window_size``, or for a bad window (``gaussian_window``: an even or
+            non-positive ``window_size``, sigma <= 0).
     """
     _check_pair(x, ref)
     if x.dim() != 4:
@@ -166,6 +179,9 @@ def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
     Returns:
         ``(mu, sigma)`` of shapes (D,) and (D, D), float64, on the input's device.
+
+    Raises:
+        ValueError: unless ``features`` is (N, D) with N >= 2.
     """
     if features.dim() != 2 or features.shape[0] < 2:
         raise ValueError(f"features must be (N, D) with N >= 2, got shape {tuple(features.shape)}")
@@ -203,6 +219,9 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 
     Returns:
         The distance as a Python float (>= 0).
+
+    Raises:
+        ValueError: unless the means are (D,) and the covariances (D, D) for one D.
     """
     mu1, mu2, sigma1, sigma2 = (torch.as_tensor(t).double() for t in (mu1, mu2, sigma1, sigma2))
     d = mu1.numel()
@@ -236,6 +255,10 @@ def classifier_accuracy(
 
     Returns:
         Accuracy in [0, 1] as a Python float.
+
+    Raises:
+        ValueError: for labels that are not (N,) with N the number of images, or no images.
+        Whatever ``classifier`` raises, unchanged (an ``nn.Module``'s mode is restored first).
     """
     if images.shape[0] != labels.shape[0] or labels.dim() != 1:
         raise ValueError(f"need images (N, ...) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}")

@@ -34,7 +34,10 @@ def min_calls(steps: int, order: int = 1, max_run: int = 4) -> int:
     """Fewest model calls any plan can make: steps 0..p and T - 1 real, runs of at most R skips.
 
     Each of the K - p - 1 real steps from p to T - 2 can start a run of at most R skips,
-    so T - K <= (K - p - 1) R, i.e. K >= (T + (p + 1) R) / (R + 1).
+    so T - K <= (K - p - 1) R, i.e. K >= (T + (p + 1) R) / (R + 1); and K >= p + 2.
+
+    Raises:
+        Nothing of its own (the arguments are not validated).
     """
     need = -(-(steps + (order + 1) * max_run) // (max_run + 1))
     return max(need, order + 2)
@@ -78,7 +81,15 @@ def _forward(errors: torch.Tensor, steps: int, order: int, max_run: int, max_cal
 
 
 def planned_costs(errors: torch.Tensor, steps: int, order: int = 1, max_run: int = 4) -> torch.Tensor:
-    """(T + 1,) least planned error for every number of calls K (+inf where no plan exists)."""
+    """(T + 1,) least planned error for every number of calls K (+inf where no plan exists).
+
+    Entry K is min over plans S with T - |S| = K of cost(S) (module docstring), float64 on the
+    CPU; ``errors`` is an error table of shape ``table_shape(steps, order, R)``, R >= max_run.
+
+    Raises:
+        ValueError: for a ``max_run`` that is not an int >= 1, a table of the wrong shape, or a
+            table with NaN or negative entries.
+    """
     errors = _check(errors, steps, order, max_run)
     F, _ = _forward(errors, steps, order, max_run, steps)
     return F[steps - 1].reshape(-1, steps + 1).min(dim=0).values
@@ -98,8 +109,9 @@ def plan_skips(errors: torch.Tensor, steps: int, calls: int, order: int = 1, max
         Sorted skipped step indices; T - K of them. Ties go to the plan found first.
 
     Raises:
-        ValueError: for a table of the wrong shape or with NaN/negative entries, or a
-            ``calls`` outside [min_calls(T, p, R), T].
+        ValueError: for a ``max_run`` that is not an int >= 1, a table of the wrong shape or with
+            NaN/negative entries, a ``calls`` that is not an int in [min_calls(T, p, R), T], or
+            when no plan with ``calls`` calls has a finite planned error.
     """
     errors = _check(errors, steps, order, max_run)
     lo = min_calls(steps, order, max_run)
@@ -125,6 +137,9 @@ def plan_skips(errors: torch.Tensor, steps: int, calls: int, order: int = 1, max
 
 def plan_cost(errors: torch.Tensor, steps: int, skip: Iterable[int], order: int = 1) -> float:
     """Summed table error of an arbitrary skip set (the cost ``plan_skips`` minimises).
+
+    cost(S) = sum_{j in S} table[k_j, g_1..g_p, j - k_j] (module docstring), as a Python float;
+    indices in ``skip`` outside 0..T-1 are ignored.
 
     Raises:
         ValueError: if a skipped step lacks p + 1 real steps before it, or if a run is longer

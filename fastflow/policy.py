@@ -30,7 +30,14 @@ __all__ = ["Observation", "SkipPolicy", "PlanPolicy", "PlanningBanditPolicy", "P
 @dataclass(frozen=True)
 class Observation:
     """At the real step k + lead that ended a run of lead - 1 skips decided after real step k,
-    whose older nodes lie ``gaps`` steps back, the extrapolation had relative error ``error``."""
+    whose older nodes lie ``gaps`` steps back, the extrapolation had relative error ``error``.
+
+    ``error`` is e = ||v_hat - v|| / ||v|| over the batch (``fastflow.errors.relative_error``),
+    times the step's weight T dt on an uneven grid; (k, *gaps) indexes the error table's state.
+
+    Raises:
+        Nothing of its own (a frozen dataclass; values are checked by ``apply_updates``).
+    """
 
     k: int
     gaps: tuple
@@ -39,7 +46,13 @@ class Observation:
 
 
 def runs_after(steps: int, skip: Iterable[int]) -> dict[int, int]:
-    """For a skip set, the number of skipped steps that follow each real step k (0 omitted)."""
+    """For a skip set, the number of skipped steps that follow each real step k (0 omitted).
+
+    Only steps 0..T-1 are considered; a skip set containing step 0 counts it after real step 0.
+
+    Raises:
+        Nothing of its own.
+    """
     skip, runs, k = set(skip), {}, 0
     for j in range(steps):
         if j in skip:
@@ -50,25 +63,47 @@ def runs_after(steps: int, skip: Iterable[int]) -> dict[int, int]:
 
 
 class SkipPolicy:
-    """Interface. ``observes``: whether the sampler must measure run-end errors for it."""
+    """Interface. ``observes``: whether the sampler must measure run-end errors for it.
+
+    ``name`` is the policy's name in ``FastFlowSampler`` (``"plan"``, ``"bandit"``, ``"paper"``).
+
+    Raises:
+        Nothing of its own; ``run_length`` and ``schedule`` raise NotImplementedError here.
+    """
 
     name = "base"
     observes = True
 
     def run_length(self, k: int, limit: int) -> int:
-        """Number of steps to extrapolate right after real step k, at most ``limit``."""
+        """Number of steps to extrapolate right after real step k, at most ``limit``.
+
+        Raises:
+            NotImplementedError: always, on the interface.
+        """
         raise NotImplementedError
 
     def update(self, observations: Sequence[Observation], nfe: int) -> None:
         """Learn from a finished run (its observations in run order, and its model calls)."""
 
     def schedule(self) -> list[int]:
-        """The skip set this policy would play now, without exploring (what ``freeze`` keeps)."""
+        """The skip set this policy would play now, without exploring (what ``freeze`` keeps).
+
+        Raises:
+            NotImplementedError: always, on the interface.
+        """
         raise NotImplementedError
 
 
 class PlanPolicy(SkipPolicy):
-    """Play a fixed skip set on every run; learns nothing."""
+    """Play a fixed skip set on every run; learns nothing.
+
+    Args:
+        steps: T.
+        skip: the skip set (not validated here; ``FastFlowSampler`` passes valid plans).
+
+    Raises:
+        Nothing of its own.
+    """
 
     name = "plan"
     observes = False
@@ -78,9 +113,11 @@ class PlanPolicy(SkipPolicy):
         self._runs = runs_after(steps, self.skip)
 
     def run_length(self, k, limit):
+        """The plan's run of skips after real step k, at most ``limit`` (0 if none)."""
         return min(self._runs.get(k, 0), limit)
 
     def schedule(self):
+        """The fixed skip set, sorted."""
         return list(self.skip)
 
 
@@ -93,6 +130,17 @@ class PlanningBanditPolicy(SkipPolicy):
     so the policy switches only when the new plan's estimated cost is below (1 - hysteresis)
     times the current one's on the same estimate; otherwise per-batch noise would make it
     wander between equivalent plans. Makes exactly ``calls`` model calls on every run.
+
+    Args:
+        table: error table of the calibration run (``fastflow.errors``).
+        steps, calls, order, max_run: T, K, p and R, as for ``fastflow.plan_skips``.
+        c: exploration constant of ``ErrorTableUCB``.
+        hysteresis: relative improvement a new plan needs to replace the current one.
+
+    Raises:
+        ValueError: for c < 0, or what ``plan_skips`` refuses on the first plan (a table of the
+            wrong shape or with NaN/negative entries, ``calls`` outside [min_calls, T], or no
+            plan of finite error).
     """
 
     name = "bandit"
@@ -118,15 +166,30 @@ class PlanningBanditPolicy(SkipPolicy):
         self._runs = runs_after(self.steps, self.skip)
 
     def run_length(self, k, limit):
+        """The current plan's run of skips after real step k, at most ``limit`` (0 if none)."""
         return min(self._runs.get(k, 0), limit)
 
     def update(self, observations, nfe):
+        """Feed each observation to ``ErrorTableUCB.observe``, end the run, and re-plan (kept only
+        if the new plan beats the current one by the hysteresis). ``nfe`` is not used: every
+        run makes exactly ``calls`` calls.
+
+        Raises:
+            ValueError: for a negative or non-finite error (``ErrorTableUCB.observe``; the
+                observations before it are kept).
+            IndexError: for a state or lead outside the table.
+        """
         for o in observations:
             self.ucb.observe((o.k, *o.gaps), o.lead, o.error)
         self.ucb.end_run()
         self._replan()
 
     def schedule(self):
+        """The optimal plan on the running estimate without the exploration bonus.
+
+        Raises:
+            ValueError: if no plan with ``calls`` calls has a finite planned error.
+        """
         return plan_skips(self.ucb.estimate(optimistic=False), self.steps, self.calls, self.order, self.max_run)
 
 
@@ -155,6 +218,11 @@ class PaperBanditPolicy(SkipPolicy):
         calls: a call budget K for the Lagrange update, or None for a fixed mu.
         rate: step size of the Lagrange update.
         **bandit_kwargs: hyperparameters (``c``, ``epsilon``, ``prior_var``).
+
+    Raises:
+        ValueError: for a negative or non-finite mu, an empty ``arms``, an unknown ``kind``, or a
+            bad hyperparameter value (``make_bandit``).
+        TypeError: for a hyperparameter the bandit does not take.
     """
 
     name = "paper"
@@ -173,7 +241,14 @@ class PaperBanditPolicy(SkipPolicy):
                                            for k in range(order, steps - 1)}
 
     def seed(self, table: torch.Tensor) -> None:
-        """One reward per feasible arm of every bandit, from the calibration run's table."""
+        """One reward per feasible arm of every bandit, from the calibration run's table.
+
+        Bandit k is paid ``reward(m, table[k, 1, ..., 1, m + 1])`` for every arm m with
+        k + m + 1 <= T - 1 (the one-step-ahead errors, all gaps 1).
+
+        Raises:
+            ValueError: for a non-finite table entry among those (``Bandit.update``).
+        """
         ones = (1,) * self.order
         for k, b in self.bandits.items():
             for i, m in enumerate(self.arms):
@@ -185,6 +260,8 @@ class PaperBanditPolicy(SkipPolicy):
         return (self.mu * m - error) / self.reward_scale
 
     def run_length(self, k, limit):
+        """Bandit k's pick among the arms m <= ``limit`` (0 at steps without a bandit or when no
+        arm fits)."""
         if k not in self.bandits:
             return 0
         available = [i for i, m in enumerate(self.arms) if m <= limit]
@@ -193,6 +270,15 @@ class PaperBanditPolicy(SkipPolicy):
         return self.arms[self.bandits[k].select(available, self.generator)]
 
     def update(self, observations, nfe):
+        """Pay bandit k the reward r = (mu * m - e) / scale for each observation (m = lead - 1
+        skips, e its error); then, with a budget K < T, the Lagrange step
+        mu <- mu * exp(rate * (nfe - K) / (T - K)) (``set_mu``). On an error the observations
+        before the failing one stay recorded.
+
+        Raises:
+            KeyError: for an observation at a step k without a bandit (k < p or k >= T - 1).
+            ValueError: for a lead - 1 that is not one of ``arms``, or a non-finite reward.
+        """
         for o in observations:
             m = o.lead - 1
             self.bandits[o.k].update(self.arms.index(m), self.reward(m, o.error))
@@ -200,7 +286,8 @@ class PaperBanditPolicy(SkipPolicy):
             self.set_mu(self.mu * math.exp(self.rate * (nfe - self.calls) / (self.steps - self.calls)))
 
     def set_mu(self, mu: float) -> None:
-        """Change mu, shifting every stored reward as if it had been paid with the new mu."""
+        """Change mu, shifting every stored reward as if it had been paid with the new mu: arm m's
+        rewards move by (mu_new - mu) * m / scale (``Bandit.shift_rewards``). Not validated."""
         for b in self.bandits.values():
             for i, m in enumerate(self.arms):
                 b.shift_rewards(i, (mu - self.mu) * m / self.reward_scale)

@@ -21,6 +21,12 @@ class SampleResult:
         trace: states x_0, ..., x_T if the run was asked to record them.
         info: sampler-specific extras (bandit decisions, refiner calls, ...); every sampler reports
             ``host_reads``, the device-to-host reads its own bookkeeping made during the run.
+            Each sampler class lists its keys in its docstring.
+
+    Time convention: t = 0 is noise (``x_init``), t = 1 is data (``x``).
+
+    Raises:
+        Nothing of its own (a plain dataclass; nothing is validated).
     """
 
     x: torch.Tensor

@@ -27,13 +27,37 @@ class Sampler:
     ``start`` builds the per-run state, ``step`` advances x_k to x_{k+1}, ``finish``
     returns sampler-specific info. State that must outlive a call (a bandit) lives on
     the sampler itself.
+
+    Time convention: t = 0 is noise, t = 1 is data; the grid is t_k = k / T (``steps=T``) or
+    any increasing ``times`` from 0 to 1, and step k goes from t_k to t_{k+1}.
+
+    Args:
+        steps: T, the number of steps of the uniform grid; or an increasing (T + 1,) grid.
+        times: an increasing (T + 1,) grid from 0 to 1 (``fastflow.grids``), instead of ``steps``.
+
+    ``SampleResult.info`` keys: ``host_reads`` (device-to-host reads made by the sampler's own
+    bookkeeping in the run: 1 for the finiteness check, 0 with ``check=False``), added by
+    ``sample`` for every sampler; subclasses add their own keys (see their docstrings).
+
+    Raises:
+        TypeError: for a grid given both as ``steps`` and as ``times``, neither of them, or a
+            ``steps`` that is not an int.
+        ValueError: for ``steps`` < 2, or a bad ``times`` (``fastflow.grids.check_times``), or
+            ``steps`` and ``times`` that disagree.
     """
 
     order: int = 1
 
     def __init__(self, steps: Optional[Union[int, Grid]] = None, *, times: Optional[Grid] = None):
         """``steps``: T for the uniform grid; or give ``times``, an increasing (T + 1,) grid from
-        0 to 1 (``steps`` may also be such a grid). Raises ValueError for a bad grid."""
+        0 to 1 (``steps`` may also be such a grid).
+
+        Raises:
+            TypeError: for a grid given twice (as ``steps`` and as ``times``), neither ``steps``
+                nor ``times``, or a ``steps`` that is not an int.
+            ValueError: for a bad grid (``steps`` < 2, a bad ``times``, or both given and
+                disagreeing).
+        """
         if isinstance(steps, (torch.Tensor, list, tuple)):  # a grid passed as steps
             if times is not None:
                 raise TypeError("give the grid once: as steps or as times")
@@ -61,9 +85,15 @@ class Sampler:
             every sampler has ``host_reads``).
 
         Raises:
-            ValueError: for a non-floating ``x_init``, a non-bool ``trace`` or ``check`` (a model
-                argument of that name belongs in ``model_kwargs``), a key given both ways, a
-                velocity of the wrong shape, or a non-finite velocity (with ``check``).
+            ValueError: for a non-bool ``trace`` or ``check`` (a model argument of that name
+                belongs in ``model_kwargs``), a key given both ways, an ``x_init`` that is not a
+                floating-point tensor of shape (batch, ...) with at least one sample, a velocity
+                output that is not a tensor of the shape of x, or a non-finite velocity (with
+                ``check``, after the loop); and a subclass's own run-time errors (see its
+                docstring).
+            TypeError: for a ``velocity`` that is not callable.
+            NotImplementedError: on the base class, which has no step rule.
+            Whatever ``velocity`` itself raises, unchanged.
         """
         for name, value in (("trace", trace), ("check", check)):
             if not isinstance(value, bool):
@@ -89,12 +119,22 @@ class Sampler:
         return SampleResult(x=x, nfe=field.nfe, skipped=sorted(field.skipped), trace=states, info=info)
 
     def start(self, field: VelocityField) -> Any:
+        """Build the per-run state from the run's ``field`` (called once, before step 0).
+        The base class needs none and returns None."""
         return None
 
     def step(self, field: VelocityField, state: Any, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Advance the state x_k at t_k to x_{k+1} at t_{k+1} (shapes (batch, ...)), calling the
+        model through ``field``. Each subclass gives its rule.
+
+        Raises:
+            NotImplementedError: always, on the base class.
+        """
         raise NotImplementedError
 
     def finish(self, field: VelocityField, state: Any) -> dict:
+        """The sampler's entries of ``SampleResult.info`` for the run that just ended (the base
+        class has none; ``sample`` adds ``host_reads`` to whatever this returns)."""
         return {}
 
     def grid_repr(self) -> str:
@@ -113,14 +153,37 @@ class EulerSampler(Sampler):
 
     ``velocity`` is the hook where skipping samplers plug in: they return an
     extrapolated or cached estimate instead of calling the model.
+
+    Time convention: t = 0 noise, t = 1 data; dt = t_{k+1} - t_k (1 / T on the uniform grid).
+
+    Args:
+        steps: T, or an increasing (T + 1,) grid; or give ``times`` (see ``Sampler``).
+
+    ``SampleResult.info`` keys: ``host_reads`` (1 for the finiteness check, 0 with
+    ``check=False``).
+
+    Raises:
+        TypeError: for a grid given twice or not at all, or a ``steps`` that is not an int (see ``Sampler``).
+        ValueError: for a bad grid (see ``Sampler``).
     """
 
     order = 1
 
     def step(self, field, state, k, x):
+        """x_{k+1} = x_k + dt_k * v_k, with v_k from ``velocity`` (a model call here).
+
+        Raises:
+            ValueError: for a model output that is not a tensor of the shape of x (``VelocityField``).
+        """
         return x + field.dt(k) * self.velocity(field, state, k, x)
 
     def velocity(self, field: VelocityField, state: Any, k: int, x: torch.Tensor) -> torch.Tensor:
+        """The velocity used at step k: the model at (x_k, t_k), shape (batch, ...). Subclasses
+        return an extrapolated or cached one instead on the steps they skip.
+
+        Raises:
+            ValueError: for a model output that is not a tensor of the shape of x (``VelocityField``).
+        """
         return field.at(k, x)
 
 
@@ -133,6 +196,17 @@ class HeunSampler(Sampler):
     model is never evaluated at t = 1: for rectified flow on data concentrated on a manifold
     the learned velocity there is E[data - noise | x_1 = data] = x_1, not the velocity along
     the path, and the corrector would import that jump.
+
+    Args:
+        steps: T, or an increasing (T + 1,) grid; or give ``times`` (see ``Sampler``).
+        correct_last: False to take the last step with Euler (no model call at t = 1).
+
+    ``SampleResult.info`` keys: ``host_reads`` (1 for the finiteness check, 0 with
+    ``check=False``).
+
+    Raises:
+        TypeError: for a grid given twice or not at all, or a ``steps`` that is not an int (see ``Sampler``).
+        ValueError: for a bad grid (see ``Sampler``).
     """
 
     order = 2
@@ -142,6 +216,12 @@ class HeunSampler(Sampler):
         self.correct_last = correct_last
 
     def step(self, field, state, k, x):
+        """One Heun step from t_k to t_{k+1} (an Euler step for the last one with
+        ``correct_last=False``).
+
+        Raises:
+            ValueError: for a model output that is not a tensor of the shape of x (``VelocityField``).
+        """
         d, dt = field.at(k, x), field.dt(k)
         if k == self.steps - 1 and not self.correct_last:
             return x + dt * d
@@ -161,7 +241,15 @@ RK_TABLEAUS = {
 
 def runge_kutta_step(field: VelocityField, k: int, x: torch.Tensor, v0: torch.Tensor, order: int) -> torch.Tensor:
     """One explicit RK step of ``order`` (3 or 4) from t_k to t_{k+1}; v0 = v(x, t_k) is its first stage.
-    Makes order - 1 further model calls, at t_k + c_i dt_k."""
+    Makes order - 1 further model calls, at t_k + c_i dt_k.
+
+    With the tableau (c, A, b) of ``RK_TABLEAUS``: x_i = x + dt_k sum_j a_ij s_j,
+    s_i = v(x_i, t_k + c_i dt_k), and x_{k+1} = x + dt_k sum_i b_i s_i; x and v0 of shape (batch, ...).
+
+    Raises:
+        KeyError: for an ``order`` other than 3 or 4.
+        ValueError: from ``field`` for a velocity of the wrong shape.
+    """
     c, a, b = RK_TABLEAUS[order]
     t, dt = field.t(k), field.dt(k)
     stages = [v0]
@@ -187,6 +275,12 @@ def ab_coefficients(nodes: Sequence[float], t0: float, t1: float) -> list[float]
     so x_{k+1} = x_k + h sum_j b_j v(nodes_j) integrates the interpolant of the past velocities
     exactly. Two-point Gauss-Legendre quadrature is exact for the degree <= 3 of orders 1..4.
     On a uniform grid these are the classical coefficients (``AB_COEFFICIENTS``).
+
+    Returns:
+        One weight per node, in the order of ``nodes``, as Python floats.
+
+    Raises:
+        Nothing of its own (repeated nodes give non-finite weights, not an error).
     """
     g = 3 ** -0.5
     quad = torch.tensor([0.5 * (t0 + t1) - 0.5 * (t1 - t0) * g, 0.5 * (t0 + t1) + 0.5 * (t1 - t0) * g],
@@ -206,6 +300,20 @@ class AdamsBashforthSampler(Sampler):
     Runge-Kutta method of order p (Kutta's RK3, classic RK4), whose first stage is the velocity
     AB needs anyway; a start with a lower-order step would cap the global order at 2. Calls per
     run: T for p <= 2; T + (p - 1)^2 for p = 3, 4 (T + 4 and T + 9), counted in ``nfe``.
+
+    Time convention: t = 0 noise, t = 1 data; dt_k = t_{k+1} - t_k.
+
+    Args:
+        steps: T, or an increasing (T + 1,) grid; or give ``times`` (see ``Sampler``).
+        order: p, 1..4.
+
+    ``SampleResult.info`` keys: ``host_reads`` (1 for the finiteness check, 0 with
+    ``check=False``).
+
+    Raises:
+        TypeError: for a grid given twice or not at all, or a ``steps`` that is not an int (see ``Sampler``).
+        ValueError: for a bad grid (see ``Sampler``).
+        ValueError: for an ``order`` outside 1..4.
     """
 
     def __init__(self, steps: Optional[int] = None, order: int = 2, *, times: Optional[Grid] = None):
@@ -224,9 +332,16 @@ class AdamsBashforthSampler(Sampler):
         return self.steps + startup * (self.order - 1)
 
     def start(self, field):
+        """The run state: the past velocities, newest first (empty at the start)."""
         return []  # past velocities, newest first
 
     def step(self, field, past, k, x):
+        """One AB step x_{k+1} = x_k + dt_k sum_j b_j v_{k-j} (for p = 3, 4 the first p - 1
+        steps are Runge-Kutta steps of order p).
+
+        Raises:
+            ValueError: for a model output that is not a tensor of the shape of x (``VelocityField``).
+        """
         past.insert(0, field.at(k, x))
         del past[self.order:]
         if self.order >= 3 and k < self.order - 1:

@@ -27,6 +27,14 @@ class GaussianFlow:
     x_t is Gaussian with mean t m and standard deviation sigma_t, sigma_t^2 = (1 - t)^2 + t^2 s^2.
     Velocity: v(x, t) = m + (sigma_t' / sigma_t) (x - t m), sigma_t' / sigma_t = (t s^2 - (1 - t)) / sigma_t^2.
     Exact ODE solution from x_0: x(t) = t m + sigma_t x_0, so x(1) = m + s x_0.
+    Time convention: t = 0 noise, t = 1 data.
+
+    Args:
+        mean: m, shape (dim,).
+        std: s > 0.
+
+    Raises:
+        ValueError: for std <= 0.
     """
 
     def __init__(self, mean: Sequence[float] | torch.Tensor, std: float):
@@ -37,12 +45,15 @@ class GaussianFlow:
 
     @property
     def dim(self) -> int:
+        """The dimension D of the data."""
         return self.mean.numel()
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma_t = sqrt((1 - t)^2 + t^2 s^2), the standard deviation of x_t, elementwise in t."""
         return torch.sqrt((1 - t) ** 2 + t ** 2 * self.std ** 2)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **_) -> torch.Tensor:
+        """v(x, t) for x (batch, dim) and t (batch,) or a scalar; returns (batch, dim), x's dtype."""
         t = _as_column(t, x)
         m = self.mean.to(x)
         rate = (t * self.std ** 2 - (1 - t)) / ((1 - t) ** 2 + t ** 2 * self.std ** 2)
@@ -54,6 +65,7 @@ class GaussianFlow:
         return t * self.mean.to(x0) + self.sigma(tt) * x0
 
     def sample_data(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """n draws from the data distribution N(m, s^2 I), shape (n, dim), float64."""
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.mean + self.std * z
 
@@ -65,6 +77,17 @@ class GaussianMixtureFlow:
     Gaussian one, v_j(x, t) = m_j + (t s_j^2 - (1 - t)) / sigma_{j,t}^2 (x - t m_j). The marginal
     velocity is the posterior-weighted mix v(x, t) = sum_j P(j | x_t = x) v_j(x, t), with
     P(j | x) proportional to w_j N(x; t m_j, sigma_{j,t}^2 I) (computed in log space).
+    Time convention: t = 0 noise, t = 1 data.
+
+    Args:
+        means: m_j, shape (J, dim).
+        stds: s_j > 0, J of them.
+        weights: w_j > 0, J of them (normalised here); default equal.
+
+    Raises:
+        ValueError: for ``means`` not of shape (J, dim), stds <= 0, or weights that are not J
+            positive numbers.
+        RuntimeError: for a number of stds other than J (from ``torch.reshape``).
     """
 
     def __init__(self, means: Sequence[Sequence[float]] | torch.Tensor, stds: Sequence[float],
@@ -83,9 +106,11 @@ class GaussianMixtureFlow:
 
     @property
     def dim(self) -> int:
+        """The dimension D of the data."""
         return self.means.shape[1]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **_) -> torch.Tensor:
+        """v(x, t) for x (batch, dim) and t (batch,) or a scalar; returns (batch, dim), x's dtype."""
         t = _as_column(t, x)                                                 # (B, 1)
         m = self.means.to(x)                                                 # (J, D)
         s2 = self.stds.to(x) ** 2                                            # (J,)
@@ -99,6 +124,7 @@ class GaussianMixtureFlow:
         return (post[:, :, None] * v_j).sum(1)                               # (B, D)
 
     def sample_data(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """n draws from the mixture (component j with probability w_j), shape (n, dim), float64."""
         j = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[j] + self.stds[j, None] * z

@@ -106,10 +106,17 @@ class SkipWrapper(nn.Module):
             ``model_calls``, ``skipped_calls``, ``calibration``.
         sampler: the calibrated ``FastFlowSampler`` holding the table and the policy (None before).
 
-    Raises (from ``forward``):
-        ValueError: a timestep that is not a number, a 0-d tensor or a (batch,) tensor of one
-            value; an output whose shape differs from that branch's earlier outputs; a generation
-            with more steps than the calibrated one.
+    Time: the wrapper works in the model's own timestep units (sigma, 1000 sigma, or our t with
+    t = 0 noise and t = 1 data) and in either direction; it only needs the timestep to move
+    monotonically within a generation.
+
+    Raises:
+        TypeError: for a ``model`` that is not callable, or a ``time_arg`` that is neither a
+            keyword name nor a position.
+        ValueError: for an unknown ``policy``, both ``calls`` and ``tolerance``, or an ``order``
+            that is not an int >= 1. The other settings (``calls``, ``tolerance``, ``max_run``,
+            ``explore``) are checked by ``FastFlowSampler`` when the calibration generation ends:
+            a bad one raises ValueError then, from ``forward`` or ``reset`` (see ``forward``).
     """
 
     def __init__(self, model: Callable[..., Any], calls: Optional[int] = None, tolerance: Optional[float] = None,
@@ -146,14 +153,23 @@ class SkipWrapper(nn.Module):
 
     @property
     def calibrated(self) -> bool:
+        """Whether a calibration generation has ended (``sampler`` is set)."""
         return self.sampler is not None
 
     @property
     def steps(self) -> Optional[int]:
+        """T, the number of steps of the calibration generation (None before)."""
         return self.sampler.steps if self.sampler is not None else None
 
     def reset(self) -> None:
-        """End the current generation now (finishing calibration or updating the policy)."""
+        """End the current generation now (finishing calibration or updating the policy).
+
+        Raises:
+            ValueError: when the generation ending is the calibration one and has fewer than
+                order + 3 steps, its settings are refused by ``FastFlowSampler`` (``calls``,
+                ``tolerance``, ``max_run``, ``explore``), or its table has NaN entries; the
+                wrapper stays uncalibrated then.
+        """
         gen, self._gen = self._gen, None
         if gen is not None and gen.k >= 0:
             self._finish(gen)
@@ -163,7 +179,11 @@ class SkipWrapper(nn.Module):
         self._gen, self.sampler, self.times, self.weights, self.direction = None, None, None, None, 0.0
 
     def schedule(self) -> list[int]:
-        """The steps the policy skips now (after calibration)."""
+        """The steps the policy skips now (after calibration).
+
+        Raises:
+            ValueError: before the calibration generation has ended.
+        """
         if self.sampler is None:
             raise ValueError("no schedule before the calibration generation has ended (call reset() after it)")
         return self.sampler.schedule()
@@ -171,6 +191,23 @@ class SkipWrapper(nn.Module):
     # -- forward ---------------------------------------------------------------------
 
     def forward(self, *args, **kwargs):
+        """Stand in for ``model(*args, **kwargs)``: call the model on a real step, or return the
+        extrapolation of this branch's last p + 1 real outputs at this call's timestep on a
+        skipped step, in the structure of the model's output.
+
+        A timestep that moves back against the direction of the steps first ends the current
+        generation (as ``reset``) and starts a new one.
+
+        Raises:
+            ValueError: for a timestep that cannot be found (no such keyword, no such position)
+                or is not a number, a 0-d tensor or a (batch,) tensor of one value; an output whose
+                shape differs from that branch's earlier outputs; a generation with more steps than
+                the calibrated one; or, when this call ends the calibration generation, what
+                ``reset`` raises.
+            TypeError: for a model output that is not a tensor, a tuple or list starting with one,
+                or an object with a ``.sample`` tensor (``fastflow.adapters.first_tensor``).
+            Whatever the model raises, unchanged.
+        """
         tau = self._timestep(args, kwargs)
         gen = self._gen
         if gen is not None and gen.tau is not None and tau != gen.tau and self._goes_back(gen, tau):
@@ -295,6 +332,8 @@ class SkipWrapper(nn.Module):
         self.direction = math.copysign(1.0, taus[1] - taus[0])
 
     def extra_repr(self) -> str:
+        """The settings given and whether (and on how many steps) the wrapper is calibrated, for
+        ``nn.Module``'s repr."""
         state = f"calibrated on {self.steps} steps" if self.calibrated else "not calibrated"
         knobs = ", ".join(f"{k}={v}" for k, v in self.options.items() if v is not None)
         return f"{knobs}; {state}"
