@@ -50,15 +50,22 @@ class Bandit:
         """Mean reward of arm ``a``, sums[a] / n_a (0.0 while the arm is untried).
 
         Raises:
-            IndexError: for an arm index >= ``n_arms``.
+            IndexError: for an arm index outside 0..n_arms - 1.
         """
+        self._check_arm(a)
         return self.sums[a] / self.counts[a] if self.counts[a] else 0.0
 
     def _candidates(self, available: Optional[Sequence[int]]) -> list[int]:
         arms = list(range(self.n_arms)) if available is None else list(available)
         if not arms:
             raise ValueError("select() needs at least one available arm")
+        for a in arms:
+            self._check_arm(a)
         return arms
+
+    def _check_arm(self, a: int) -> None:
+        if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < self.n_arms:
+            raise IndexError(f"arm {a!r} out of range for {self.n_arms} arms")
 
     def select(self, available: Optional[Sequence[int]] = None,
                generator: Optional[torch.Generator] = None) -> int:
@@ -67,7 +74,7 @@ class Bandit:
 
         Raises:
             ValueError: for an empty ``available``.
-            IndexError: for an available arm index >= ``n_arms``.
+            IndexError: for an available arm index outside 0..n_arms - 1.
             NotImplementedError: on the base class once every available arm has been tried.
         """
         arms = self._candidates(available)

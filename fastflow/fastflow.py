@@ -463,7 +463,7 @@ class FastFlowSampler(_BaseStep):
         reads = 0
         if calibrating:
             self._calibrate(run.recorder.table(), run.recorder.euler_errors())
-            reads = 1
+            reads = 2  # the table and Euler's error estimates
         update = None
         if not calibrating and self.policy.observes:
             obs = []
@@ -537,8 +537,13 @@ class FastFlowSampler(_BaseStep):
                    or o.error < 0 for o in obs) or not 0 <= nfe <= 2 * self.steps:
                 raise ValueError(f"malformed FastFlow update: observations {u['observations']!r}, nfe {nfe}")
             parsed.append((obs, nfe))
-        for obs, nfe in parsed:
-            self.policy.update(obs, nfe)
+        before = self.state_dict()  # an update can still be refused by the policy (a step or lead it lacks)
+        try:
+            for obs, nfe in parsed:
+                self.policy.update(obs, nfe)
+        except (KeyError, IndexError, ValueError) as e:
+            self.load_state_dict(before)  # all or nothing
+            raise ValueError(f"malformed FastFlow update: the policy refused it ({type(e).__name__}: {e})") from None
 
     # -- calibration -----------------------------------------------------------------
 
@@ -611,7 +616,10 @@ class FastFlowSampler(_BaseStep):
         """
         self._need_calibration("a planned error")
         skip = self.schedule() if skip is None else skip
-        return plan_cost(self.table, self.steps, skip, self.order) / float(self.euler_errors.sum())
+        cost, budget = plan_cost(self.table, self.steps, skip, self.order), float(self.euler_errors.sum())
+        if budget == 0:  # Euler is exact on this flow (a velocity constant along the paths)
+            return 0.0 if cost == 0 else math.inf
+        return cost / budget
 
     def _paper(self) -> PaperBanditPolicy:
         if not isinstance(self.policy, PaperBanditPolicy):

@@ -257,13 +257,16 @@ def classifier_accuracy(
         Accuracy in [0, 1] as a Python float.
 
     Raises:
-        ValueError: for labels that are not (N,) with N the number of images, or no images.
+        ValueError: for labels that are not (N,) with N the number of images, no images, or a
+            batch size < 1.
         Whatever ``classifier`` raises, unchanged (an ``nn.Module``'s mode is restored first).
     """
     if images.shape[0] != labels.shape[0] or labels.dim() != 1:
         raise ValueError(f"need images (N, ...) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}")
     if images.shape[0] == 0:
         raise ValueError("no images to score")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     module = classifier if isinstance(classifier, torch.nn.Module) else None
     was_training = module.training if module is not None else False
     device = images.device

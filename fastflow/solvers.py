@@ -318,7 +318,7 @@ class AdamsBashforthSampler(Sampler):
 
     def __init__(self, steps: Optional[int] = None, order: int = 2, *, times: Optional[Grid] = None):
         super().__init__(steps, times=times)
-        if order not in AB_COEFFICIENTS:
+        if isinstance(order, bool) or not isinstance(order, int) or order not in AB_COEFFICIENTS:
             raise ValueError(f"Adams-Bashforth order must be one of {sorted(AB_COEFFICIENTS)}, got {order}")
         self.order = order
         t = self.times.tolist()

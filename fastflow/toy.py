@@ -85,9 +85,8 @@ class GaussianMixtureFlow:
         weights: w_j > 0, J of them (normalised here); default equal.
 
     Raises:
-        ValueError: for ``means`` not of shape (J, dim), stds <= 0, or weights that are not J
-            positive numbers.
-        RuntimeError: for a number of stds other than J (from ``torch.reshape``).
+        ValueError: for ``means`` not of shape (J, dim), a number of stds other than J, stds <= 0,
+            or weights that are not J positive numbers.
     """
 
     def __init__(self, means: Sequence[Sequence[float]] | torch.Tensor, stds: Sequence[float],
@@ -96,7 +95,9 @@ class GaussianMixtureFlow:
         if self.means.dim() != 2:
             raise ValueError(f"means must have shape (components, dim), got {tuple(self.means.shape)}")
         J = self.means.shape[0]
-        self.stds = torch.as_tensor(stds, dtype=torch.float64).reshape(J)   # (J,)
+        self.stds = torch.as_tensor(stds, dtype=torch.float64).reshape(-1)  # (J,)
+        if self.stds.shape != (J,):
+            raise ValueError(f"need one std per component ({J}), got {self.stds.numel()}")
         if (self.stds <= 0).any():
             raise ValueError("component stds must be > 0")
         w = torch.ones(J, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)

@@ -114,3 +114,12 @@ def test_bandit_state_is_validated_field_by_field_and_left_untouched_on_error(ch
     assert b.state_dict() == before
     b.load_state_dict(before)  # a valid state round-trips
     assert b.state_dict() == before
+
+
+@pytest.mark.parametrize("arm", [-1, 5, 1.0, True])
+def test_arm_indices_are_checked(arm):
+    b = ff.UCB1(5)
+    with pytest.raises(IndexError, match="out of range for 5 arms"):
+        b.select([arm])
+    with pytest.raises(IndexError, match="out of range for 5 arms"):
+        b.mean(arm)

@@ -115,3 +115,13 @@ def test_two_processes_end_with_the_state_of_one_process_in_rounds(kw):
         assert state == reference.state_dict()  # exactly: the same updates in the same order
         assert dec == [d[rank] for d in decisions]
     assert got[0][1] == got[1][1]  # the same decisions at the same batch position on every rank
+
+
+def test_an_update_the_policy_refuses_is_not_half_applied():
+    p = calibrated(dict(policy="paper", calls=12))
+    good = p.sample(FLOW, noise(0)).info["update"]
+    before = copy.deepcopy(p.state_dict())
+    no_bandit = {"observations": [[0, [1], 2, 0.1]], "nfe": 20}  # step 0 has no bandit (order 1 decides from 1)
+    with pytest.raises(ValueError, match="the policy refused it"):
+        p.apply_updates([good, no_bandit])
+    assert p.state_dict() == before

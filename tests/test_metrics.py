@@ -222,3 +222,10 @@ def test_classifier_accuracy_counts_and_restores_mode():
     assert model.training
     # plain callables work too: all-zero logits predict class 0, right for 3 of 7
     assert classifier_accuracy(lambda x: torch.zeros(len(x), 10), images, labels) == pytest.approx(3 / 7)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_classifier_accuracy_needs_a_positive_batch(batch_size):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        classifier_accuracy(lambda x: x.flatten(1), torch.zeros(3, 4), torch.zeros(3, dtype=torch.long),
+                                       batch_size=batch_size)

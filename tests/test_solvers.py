@@ -113,3 +113,15 @@ def test_an_empty_batch_is_refused_before_any_call(shape):
     with pytest.raises(ValueError, match=re.escape(f"x_init must hold at least one sample, got shape {tuple(shape)}")):
         s.sample(lambda x, t: calls.append(1) or -x, torch.zeros(shape))
     assert calls == [] and not s.calibrated  # a calibration on nothing would plan on zeros
+
+
+@pytest.mark.parametrize("order", [2.0, True, 5])
+def test_adams_bashforth_order_must_be_an_int_it_knows(order):
+    with pytest.raises(ValueError, match="Adams-Bashforth order must be one of"):
+        ff.AdamsBashforthSampler(10, order=order)
+
+
+def test_planned_error_when_euler_is_exact():
+    s = ff.FastFlowSampler(10, calls=6)
+    s.sample(lambda x, t: torch.ones_like(x), torch.zeros(4, 2))  # constant velocity: Euler and every skip exact
+    assert s.planned_error() == 0.0

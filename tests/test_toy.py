@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import fastflow as ff
@@ -45,3 +46,8 @@ def test_mixture_sampling_follows_the_weights():
     flow = ff.toy.GaussianMixtureFlow([[5.0], [-5.0]], [0.1, 0.1], weights=[3.0, 1.0])
     x = flow.sample_data(4000, generator=torch.Generator().manual_seed(0))
     assert abs((x > 0).double().mean().item() - 0.75) < 0.03
+
+
+def test_mixture_needs_one_std_per_component():
+    with pytest.raises(ValueError, match=r"need one std per component \(3\), got 2"):
+        ff.toy.GaussianMixtureFlow([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]], [0.3, 0.2])
