@@ -25,7 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-NOTEBOOKS = ["fastflow_walkthrough"]
+NOTEBOOKS = ["fastflow_walkthrough", "image_model"]
 
 
 def parse_percent(path: str) -> list[dict]:
