@@ -12,7 +12,8 @@ from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .bandit import BANDITS, EpsilonGreedy, ErrorTableUCB, GaussianThompson, UCB1, make_bandit
 from .extrapolate import History, newton_extrapolate
 from .errors import TableRecorder, error_table, relative_error
-from .fastflow import DEFAULT_MAX_RUN, DEFAULT_TOLERANCE, POLICIES, ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler
+from .controller import DEFAULT_MAX_RUN, DEFAULT_TOLERANCE, POLICIES, SkipController, SkipRun
+from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler
 from .plan import min_calls, plan_cost, plan_skips, planned_costs
 from .policy import PaperBanditPolicy, PlanningBanditPolicy, PlanPolicy
 from .field import VelocityField

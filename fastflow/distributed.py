@@ -19,10 +19,19 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .fastflow import FastFlowSampler
 from .result import SampleResult
 
-__all__ = ["sample_round", "share_updates", "broadcast_state"]
+__all__ = ["sample_round", "share_updates", "broadcast_state", "learns"]
+
+
+def learns(sampler) -> bool:
+    """Whether ``sampler`` (a sampler, or a ``SkipWrapper``) carries a skip engine whose state the
+    ranks must share: anything with ``deferred_updates`` and ``apply_updates``.
+
+    Raises:
+        Nothing of its own.
+    """
+    return hasattr(sampler, "deferred_updates") and hasattr(sampler, "apply_updates")
 
 
 def sample_round(sampler, velocity: Callable, batches: Sequence[torch.Tensor], **extras) -> list[SampleResult]:
@@ -39,9 +48,9 @@ def sample_round(sampler, velocity: Callable, batches: Sequence[torch.Tensor], *
             round's updates are then dropped and the policy is left as the round found it.
         Whatever ``velocity`` raises, unchanged (the round's updates are dropped likewise).
     """
-    if not isinstance(sampler, FastFlowSampler):
+    if not learns(sampler):
         return [sampler.sample(velocity, x, **extras) for x in batches]
-    gen = sampler.generator
+    gen = getattr(sampler, "generator", None)
     start = gen.get_state() if gen is not None else None
     results = []
     with sampler.deferred_updates() as queued:
@@ -67,7 +76,7 @@ def share_updates(sampler, update: Optional[dict], group=None) -> list[Optional[
     import torch.distributed as dist
     gathered: list = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, update, group=group)
-    if isinstance(sampler, FastFlowSampler):
+    if learns(sampler):
         sampler.apply_updates(gathered)
     return gathered
 
@@ -84,9 +93,9 @@ def broadcast_state(sampler, src: int = 0, group=None) -> None:
         RuntimeError: from ``torch.distributed`` when the collective fails.
     """
     import torch.distributed as dist
-    if not isinstance(sampler, FastFlowSampler):
+    if not learns(sampler):
         return
-    gen = sampler.generator
+    gen = getattr(sampler, "generator", None)
     mine = (sampler.state_dict(), gen.get_state() if gen is not None else None)
     box = [mine if dist.get_rank(group) == src else None]
     dist.broadcast_object_list(box, src=src, group=group)

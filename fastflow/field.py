@@ -31,7 +31,7 @@ class VelocityField:
     Args:
         velocity: the model, called as ``velocity(x=x, t=t, **extras)``.
         x_init: the state at t = 0, a floating-point tensor of shape (batch, ...), batch >= 1.
-        times: an int T (uniform grid) or a (T + 1,) grid from 0 to 1.
+        times: an int T (uniform grid) or a strictly monotone (T + 1,) grid inside [0, 1].
         extras: keyword arguments passed to every call.
         check: record the finiteness of every output for ``verify()``.
 

@@ -1,7 +1,8 @@
 """Time grids t_0 = 0 < t_1 < ... < t_T = 1 for the samplers (t = 0 noise, t = 1 data).
 
 Every sampler takes either ``steps`` (the uniform grid) or ``times``, any of these grids or
-your own. Each function returns a float64 CPU tensor of shape (T + 1,).
+your own: any strictly monotone grid inside [0, 1], so also t_0 > 0 (partial generation) or a
+decreasing one (inversion, data towards noise; e.g. ``uniform(T).flip(0)``). Each function returns a float64 CPU tensor of shape (T + 1,).
 
     uniform(T):           t_k = k / T
     shifted(T, shift):    t_k = 1 - sigma(1 - k / T),  sigma(s) = shift s / (1 + (shift - 1) s)
@@ -90,12 +91,15 @@ def edm(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: floa
 def check_times(times: Grid) -> torch.Tensor:
     """Validate a grid and return it as a float64 CPU tensor (T + 1,).
 
-    The ends are snapped to exactly 0 (noise) and 1 (data) after a check to within 1e-12.
+    A grid is any strictly monotone sequence inside [0, 1]: increasing from 0 to 1 (generation),
+    increasing from t_0 > 0 (partial generation from a noised input, as in editing), or
+    decreasing (inversion, from data towards noise). Points within 1e-12 of 0 or 1 are snapped
+    to exactly 0 or 1.
 
     Raises:
         ValueError: one line saying what is wrong: not a sequence of numbers, not 1-D, fewer than
-            3 points (2 steps), not finite, not starting at 0 or ending at 1, or not strictly
-            increasing (naming the first offending pair).
+            3 points (2 steps), not finite, outside [0, 1], or not strictly monotone (naming the
+            first offending pair).
     """
     try:
         t = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
@@ -105,21 +109,26 @@ def check_times(times: Grid) -> torch.Tensor:
         raise ValueError(f"times must be 1-D with at least 3 points (2 steps), got shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError("times must be finite")
-    if abs(float(t[0])) > 1e-12 or abs(float(t[-1]) - 1) > 1e-12:
-        raise ValueError(f"times must start at 0 (noise) and end at 1 (data), got {float(t[0])} .. {float(t[-1])}")
-    bad = (t[1:] <= t[:-1]).nonzero()
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1e-12 or hi > 1 + 1e-12:
+        raise ValueError(f"times must lie inside [0, 1] (t = 0 noise, t = 1 data), got {lo} .. {hi}")
+    step = t[1:] - t[:-1]
+    increasing = bool(step[0] > 0)
+    bad = (step <= 0 if increasing else step >= 0).nonzero()
     if len(bad):
         k = int(bad[0])
-        what = "repeats" if t[k + 1] == t[k] else "decreases"
-        raise ValueError(f"times must be strictly increasing: it {what} at index {k + 1} "
-                         f"({float(t[k])} then {float(t[k + 1])})")
+        what = "repeats" if t[k + 1] == t[k] else ("decreases" if increasing else "increases")
+        raise ValueError(f"times must be strictly {'increasing' if increasing else 'decreasing'}: it {what} "
+                         f"at index {k + 1} ({float(t[k])} then {float(t[k + 1])})")
     t = t.clone()
-    t[0], t[-1] = 0.0, 1.0
+    t[t.abs() <= 1e-12] = 0.0
+    t[(t - 1).abs() <= 1e-12] = 1.0
     return t
 
 
 def resolve_grid(steps: Optional[int], times: Optional[Grid]) -> tuple[int, torch.Tensor]:
-    """(T, times) from exactly one of ``steps`` (uniform grid) and ``times``; both if they agree.
+    """(T, times) from exactly one of ``steps`` (uniform grid from 0 to 1) and ``times`` (any
+    strictly monotone grid inside [0, 1]); both if they agree.
 
     Raises:
         TypeError: if neither is given, or ``steps`` is not an int.

@@ -24,7 +24,8 @@ import torch
 from .bandit import Bandit, ErrorTableUCB, make_bandit
 from .plan import plan_cost, plan_skips
 
-__all__ = ["Observation", "SkipPolicy", "PlanPolicy", "PlanningBanditPolicy", "PaperBanditPolicy", "runs_after"]
+__all__ = ["Observation", "SkipPolicy", "PlanPolicy", "PlanningBanditPolicy", "PaperBanditPolicy", "runs_after",
+           "check_plan"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,31 @@ def runs_after(steps: int, skip: Iterable[int]) -> dict[int, int]:
     return runs
 
 
+def check_plan(plan, steps: int, calls: int, order: int, max_run: int) -> list[int]:
+    """Validate a saved plan: step indices, T - K of them, each with p + 1 real steps before it,
+    runs of at most ``max_run``, the last step real. Returns it sorted.
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    if not isinstance(plan, list) or not all(isinstance(j, int) and not isinstance(j, bool) for j in plan):
+        raise ValueError("'plan' must be a list of step indices")
+    if len(plan) != steps - calls:
+        raise ValueError(f"'plan' skips {len(plan)} steps, but calls_target={calls} means {steps - calls}")
+    skip = sorted(set(plan))
+    if len(skip) != len(plan):
+        raise ValueError("'plan' repeats a step")
+    for i, k in enumerate(skip):
+        if not 0 <= k < steps:
+            raise ValueError(f"skip steps must be ints in [0, {steps - 1}], got {k!r}")
+        if k - i < order + 1:
+            raise ValueError(f"cannot skip step {k}: order-{order} extrapolation needs {order + 1} real "
+                             f"evaluations before it, only {k - i} precede it")
+    if max(runs_after(steps, skip).values(), default=0) > max_run or (skip and skip[-1] == steps - 1):
+        raise ValueError(f"'plan' has a run longer than max_run={max_run} or skips the last step")
+    return skip
+
+
 class SkipPolicy:
     """Interface. ``observes``: whether the sampler must measure run-end errors for it.
 
@@ -93,6 +119,21 @@ class SkipPolicy:
         """
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """What the policy has learned, as plain JSON-able entries of a FastFlow state."""
+        return {}
+
+    def load_state_dict(self, state: dict, calls: Optional[int], max_run: int) -> None:
+        """Restore ``state_dict``'s entries from a FastFlow state (``calls``: its K); nothing
+        changes unless all of them are valid."""
+
+    def snapshot(self):
+        """A copy of the learned state, cheap (no table), for ``restore`` after a refused update."""
+        return None
+
+    def restore(self, snapshot) -> None:
+        """Go back to a ``snapshot``."""
+
 
 class PlanPolicy(SkipPolicy):
     """Play a fixed skip set on every run; learns nothing.
@@ -108,8 +149,8 @@ class PlanPolicy(SkipPolicy):
     name = "plan"
     observes = False
 
-    def __init__(self, steps: int, skip: Iterable[int]):
-        self.steps, self.skip = steps, sorted(set(skip))
+    def __init__(self, steps: int, skip: Iterable[int], order: int = 1):
+        self.steps, self.skip, self.order = steps, sorted(set(skip)), order
         self._runs = runs_after(steps, self.skip)
 
     def run_length(self, k, limit):
@@ -119,6 +160,19 @@ class PlanPolicy(SkipPolicy):
     def schedule(self):
         """The fixed skip set, sorted."""
         return list(self.skip)
+
+    def state_dict(self):
+        """``{"plan": skip}``."""
+        return {"plan": list(self.skip)}
+
+    def load_state_dict(self, state, calls, max_run):
+        """Play the saved ``plan``.
+
+        Raises:
+            ValueError: for a plan that is not valid for T, K, p and ``max_run`` (``check_plan``).
+        """
+        plan = check_plan(state.get("plan"), self.steps, calls, self.order, max_run)
+        self.skip, self._runs = plan, runs_after(self.steps, plan)
 
 
 class PlanningBanditPolicy(SkipPolicy):
@@ -191,6 +245,38 @@ class PlanningBanditPolicy(SkipPolicy):
             ValueError: if no plan with ``calls`` calls has a finite planned error.
         """
         return plan_skips(self.ucb.estimate(optimistic=False), self.steps, self.calls, self.order, self.max_run)
+
+    def state_dict(self):
+        """``{"planner": ErrorTableUCB statistics, "plan": the plan played now}``."""
+        return {"planner": self.ucb.state_dict(), "plan": list(self.skip)}
+
+    def load_state_dict(self, state, calls, max_run):
+        """Restore the planner's statistics and the plan it plays.
+
+        Raises:
+            ValueError: for missing or malformed statistics, or an invalid plan.
+        """
+        if not isinstance(state.get("planner"), dict):
+            raise ValueError("'planner' statistics are missing")
+        plan = check_plan(state.get("plan"), self.steps, calls, self.order, max_run)
+        snap = self.snapshot()
+        try:
+            self.ucb.load_state_dict(state["planner"])
+        except (KeyError, TypeError) as e:
+            self.restore(snap)
+            raise ValueError(f"'planner' is malformed ({type(e).__name__}: {e})") from None
+        self.play(plan)
+
+    def snapshot(self):
+        """(counts, log sums, log square sums, runs, plan): three small tensors, cloned."""
+        u = self.ucb
+        return u.counts.clone(), u.log_sums.clone(), u.log_sq_sums.clone(), u.runs, list(self.skip)
+
+    def restore(self, snapshot):
+        """Go back to a ``snapshot``."""
+        u = self.ucb
+        u.counts, u.log_sums, u.log_sq_sums, u.runs, skip = snapshot
+        self.play(skip)
 
 
 class PaperBanditPolicy(SkipPolicy):
@@ -306,3 +392,49 @@ class PaperBanditPolicy(SkipPolicy):
             skipped.extend(range(k + 1, k + 1 + m))
             k += m + 1
         return skipped
+
+    def state_dict(self):
+        """``{"mu", "reward_scale", "bandits": {str(k): bandit state}}``."""
+        return {"mu": self.mu, "reward_scale": self.reward_scale,
+                "bandits": {str(k): b.state_dict() for k, b in self.bandits.items()}}
+
+    def load_state_dict(self, state, calls, max_run):
+        """Restore mu, the reward scale and every bandit's statistics (all or nothing).
+
+        Raises:
+            ValueError: naming the field, for a bad mu or scale, or a missing or malformed bandit.
+        """
+        mu, scale = state.get("mu"), state.get("reward_scale")
+        for name, value in (("mu", mu), ("reward_scale", scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (name == "reward_scale" and value == 0):
+                raise ValueError(f"'{name}' must be a finite number > 0 (mu >= 0), got {value!r}")
+        bandits = state.get("bandits")
+        if not isinstance(bandits, dict) or set(bandits) != {str(k) for k in self.bandits}:
+            raise ValueError("'bandits' has entries for other steps than this sampler")
+        snap = self.snapshot()
+        try:
+            for k, b in self.bandits.items():
+                entry = bandits[str(k)]
+                if not isinstance(entry, dict):
+                    raise ValueError(f"'bandits' entry {k} is not an object")
+                try:
+                    b.load_state_dict(entry)
+                except (KeyError, TypeError) as e:
+                    raise ValueError(f"'bandits' entry {k} is malformed ({type(e).__name__}: {e})") from None
+        except ValueError:
+            self.restore(snap)
+            raise
+        self.mu, self.reward_scale = float(mu), float(scale)
+
+    def snapshot(self):
+        """(mu, per bandit (counts, sums, squared sums)): a few lists of floats."""
+        return self.mu, self.reward_scale, {k: (list(b.counts), list(b.sums), list(b.sq_sums))
+                                            for k, b in self.bandits.items()}
+
+    def restore(self, snapshot):
+        """Go back to a ``snapshot``."""
+        self.mu, self.reward_scale, stats = snapshot
+        for k, (counts, sums, sq) in stats.items():
+            b = self.bandits[k]
+            b.counts, b.sums, b.sq_sums = list(counts), list(sums), list(sq)

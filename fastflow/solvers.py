@@ -29,11 +29,12 @@ class Sampler:
     the sampler itself.
 
     Time convention: t = 0 is noise, t = 1 is data; the grid is t_k = k / T (``steps=T``) or
-    any increasing ``times`` from 0 to 1, and step k goes from t_k to t_{k+1}.
+    any strictly monotone ``times`` inside [0, 1] (from t_0 > 0 for partial generation, or
+    decreasing for inversion), and step k goes from t_k to t_{k+1}, of signed length dt_k.
 
     Args:
         steps: T, the number of steps of the uniform grid; or an increasing (T + 1,) grid.
-        times: an increasing (T + 1,) grid from 0 to 1 (``fastflow.grids``), instead of ``steps``.
+        times: a strictly monotone (T + 1,) grid inside [0, 1] (``fastflow.grids``), instead of ``steps``.
 
     ``SampleResult.info`` keys: ``host_reads`` (device-to-host reads made by the sampler's own
     bookkeeping in the run: 1 for the finiteness check, 0 with ``check=False``), added by

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -38,10 +39,9 @@ import torch
 from torch import nn
 
 from .adapters import first_tensor
-from .errors import TableRecorder, relative_error
-from .extrapolate import History, check_order
-from .fastflow import DEFAULT_MAX_RUN, POLICIES, FastFlowSampler
-from .policy import Observation
+from .controller import DEFAULT_MAX_RUN, POLICIES, STATE_FORMAT, STATE_VERSION, SkipController, SkipRun, _weights
+from .extrapolate import check_order
+from .policy import PlanPolicy
 
 __all__ = ["SkipWrapper"]
 
@@ -67,23 +67,19 @@ def _rebuilder(out: Any) -> Callable[[torch.Tensor], Any]:
 
 @dataclass
 class _Generation:
-    """State of one pass of the loop over the steps."""
+    """State of one pass of the loop over the steps: what the wrapper itself tracks (timesteps,
+    branches, output structure); the skip state lives in ``run`` (``fastflow.controller.SkipRun``)."""
 
-    calibrating: bool
+    run: SkipRun
     k: int = -1                                   # current step
     tau: Optional[float] = None                   # its timestep
     branch: int = 0                               # call number within the step
     taus: list = field(default_factory=list)
     real: bool = True                             # whether the current step calls the model
-    remaining: int = 0                            # skips left in the current run
-    histories: dict = field(default_factory=dict)     # branch -> History
-    rebuild: dict = field(default_factory=dict)       # branch -> output rebuilder
-    shapes: dict = field(default_factory=dict)        # branch -> output shape
-    outputs: list = field(default_factory=list)       # calibration: per step, flattened branch outputs
-    reals: list = field(default_factory=list)
-    skipped_steps: list = field(default_factory=list)
-    pending: Optional[tuple] = None
-    observed: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)   # the current real step's branch outputs
+    predicted: Optional[list] = None              # the current skipped step's branch predictions
+    rebuild: dict = field(default_factory=dict)   # branch -> output rebuilder
+    shapes: dict = field(default_factory=dict)    # branch -> output shape
     model_calls: int = 0
     skipped_calls: int = 0
 
@@ -101,21 +97,24 @@ class SkipWrapper(nn.Module):
 
     Attributes:
         model_calls, skipped_calls: totals over all generations (branches counted separately).
-        host_reads: timestep reads that needed the device, plus one per learning update.
+        host_reads: timestep reads that needed the device, plus one per calibration and per
+            learning update.
         last_generation: dict for the last finished generation: ``steps``, ``skipped_steps``,
             ``model_calls``, ``skipped_calls``, ``calibration``.
-        sampler: the calibrated ``FastFlowSampler`` holding the table and the policy (None before).
+        skips: the ``SkipController`` holding the table and the policy (None before calibration).
 
     Time: the wrapper works in the model's own timestep units (sigma, 1000 sigma, or our t with
     t = 0 noise and t = 1 data) and in either direction; it only needs the timestep to move
-    monotonically within a generation.
+    monotonically within a generation. All branches of a step (e.g. the two halves of
+    classifier-free guidance run as two calls) are one velocity to the engine: concatenated,
+    they are recorded in the table, extrapolated and measured together.
 
     Raises:
         TypeError: for a ``model`` that is not callable, or a ``time_arg`` that is neither a
             keyword name nor a position.
         ValueError: for an unknown ``policy``, both ``calls`` and ``tolerance``, or an ``order``
             that is not an int >= 1. The other settings (``calls``, ``tolerance``, ``max_run``,
-            ``explore``) are checked by ``FastFlowSampler`` when the calibration generation ends:
+            ``explore``) are checked by ``SkipController`` when the calibration generation ends:
             a bad one raises ValueError then, from ``forward`` or ``reset`` (see ``forward``).
     """
 
@@ -135,13 +134,13 @@ class SkipWrapper(nn.Module):
         self.options = dict(calls=calls, tolerance=tolerance, policy=policy, order=check_order(order),
                             max_run=DEFAULT_MAX_RUN if max_run is None else max_run, explore=explore)
         self.order, self.time_arg = self.options["order"], time_arg
-        self.sampler: Optional[FastFlowSampler] = None
+        self.skips: Optional[SkipController] = None
         self.times: Optional[list] = None
-        self.weights: Optional[list] = None
         self.direction = 0.0
         self.model_calls = self.skipped_calls = self.host_reads = 0
         self.last_generation: Optional[dict] = None
         self._gen: Optional[_Generation] = None
+        self._force_calibration = False
 
     def __getattr__(self, name: str):
         try:
@@ -153,20 +152,20 @@ class SkipWrapper(nn.Module):
 
     @property
     def calibrated(self) -> bool:
-        """Whether a calibration generation has ended (``sampler`` is set)."""
-        return self.sampler is not None
+        """Whether a calibration generation has ended (``skips`` is set)."""
+        return self.skips is not None
 
     @property
     def steps(self) -> Optional[int]:
         """T, the number of steps of the calibration generation (None before)."""
-        return self.sampler.steps if self.sampler is not None else None
+        return self.skips.steps if self.skips is not None else None
 
     def reset(self) -> None:
         """End the current generation now (finishing calibration or updating the policy).
 
         Raises:
             ValueError: when the generation ending is the calibration one and has fewer than
-                order + 3 steps, its settings are refused by ``FastFlowSampler`` (``calls``,
+                order + 3 steps, its settings are refused by ``SkipController`` (``calls``,
                 ``tolerance``, ``max_run``, ``explore``), or its table has NaN entries; the
                 wrapper stays uncalibrated then.
         """
@@ -176,7 +175,35 @@ class SkipWrapper(nn.Module):
 
     def recalibrate(self) -> None:
         """Forget the calibration: the next generation calls the model on every step again."""
-        self._gen, self.sampler, self.times, self.weights, self.direction = None, None, None, None, 0.0
+        self._gen, self.skips, self.times, self.direction = None, None, None, 0.0
+
+    def calibrate(self, generate: Callable[..., Any], *args, **kwargs) -> Any:
+        """Run one generation as the calibration one, explicitly: ``generate(*args, **kwargs)``
+        (your loop or pipeline call) with every step real, then end it (``reset``), replacing any
+        earlier calibration. Returns what ``generate`` returns.
+
+        Raises:
+            ValueError: as ``reset`` for a calibration generation (too few steps, bad settings,
+                NaN table entries; an earlier calibration is then lost), or when ``generate``
+                made no model call.
+            Whatever ``generate`` raises (the generation is dropped).
+        """
+        self.reset()
+        self._force_calibration = True
+        try:
+            out = generate(*args, **kwargs)
+        except BaseException:
+            self._gen = None
+            raise
+        finally:
+            self._force_calibration = False
+        if self._gen is None:
+            raise ValueError("calibrate(): the generation made no call of the wrapped model")
+        if not self._gen.run.calibrating:  # the loop started a second generation inside
+            raise ValueError("calibrate(): the call ran more than one generation")
+        self.skips = None
+        self.reset()
+        return out
 
     def schedule(self) -> list[int]:
         """The steps the policy skips now (after calibration).
@@ -184,9 +211,121 @@ class SkipWrapper(nn.Module):
         Raises:
             ValueError: before the calibration generation has ended.
         """
-        if self.sampler is None:
+        if self.skips is None:
             raise ValueError("no schedule before the calibration generation has ended (call reset() after it)")
-        return self.sampler.schedule()
+        return self.skips.schedule()
+
+    def deferred_updates(self):
+        """Generations inside this block all play the policy's state as it was when the block
+        began; their updates are queued in the yielded list (``SkipController.deferred_updates``).
+
+        Raises:
+            ValueError: before calibration, or inside another such block.
+        """
+        self._need_calibration("deferred updates")
+        return self.skips.deferred_updates()
+
+    def apply_updates(self, updates) -> None:
+        """Learn from finished generations' updates, in order, all or nothing
+        (``SkipController.apply_updates``).
+
+        Raises:
+            ValueError: before calibration, or for a malformed or refused update.
+        """
+        self._need_calibration("apply_updates")
+        self.skips.apply_updates(updates)
+
+    def freeze(self) -> "SkipWrapper":
+        """A new wrapper of the same model that plays the current schedule on every generation,
+        learning nothing (the plan policy on this calibration).
+
+        Raises:
+            ValueError: before calibration.
+        """
+        self._need_calibration("freeze")
+        o = self.options
+        frozen = SkipWrapper(self.model, calls=None, tolerance=None, policy="plan", order=o["order"],
+                             max_run=self.skips.max_run, time_arg=self.time_arg)
+        frozen.skips = self._controller(self.steps, policy="plan", max_run=self.skips.max_run,
+                                        calls=self.steps - len(self.schedule()))
+        frozen.skips.calibrate_from(self.skips.table, self.skips.euler_errors)
+        frozen.skips.policy = PlanPolicy(self.steps, self.schedule(), self.order)
+        frozen.times, frozen.direction = list(self.times), self.direction
+        frozen.skips.weights = self.skips.weights
+        return frozen
+
+    # -- persistence -----------------------------------------------------------------
+
+    def _grid(self) -> dict:
+        return {"steps": self.steps, "timesteps": self.times, "wrapper": True}
+
+    def state_dict(self) -> dict:
+        """The wrapper's state as plain JSON-able data: the controller's (``SkipController.state_dict``)
+        with the calibration generation's ``steps`` and ``timesteps``; ``{"calibrated": false}``
+        before calibration."""
+        if self.skips is None:
+            return {"format": STATE_FORMAT, "version": STATE_VERSION, "wrapper": True, "calibrated": False}
+        return self.skips.state_dict(self._grid())
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state written by ``state_dict`` (a calibrated one: no calibration generation
+        needed after it); nothing changes unless all of it is valid.
+
+        Raises:
+            ValueError: naming the field, for a state of a sampler or of a wrapper with other
+                settings, or any malformed value.
+        """
+        if not isinstance(state, dict) or state.get("wrapper") is not True:
+            raise ValueError("not a SkipWrapper state (a FastFlowSampler's states load into a sampler)")
+        if state.get("calibrated") is False:
+            self.recalibrate()
+            return
+        steps, taus = state.get("steps"), state.get("timesteps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not isinstance(taus, list) \
+                or len(taus) != steps or not all(isinstance(t, (int, float)) and math.isfinite(t) for t in taus) \
+                or len(set(taus)) != steps or steps < 2:
+            raise ValueError("'steps' and 'timesteps' must give the calibration's distinct timesteps")
+        skips = self._controller(steps)
+        grid = {"steps": steps, "timesteps": taus, "wrapper": True}
+        skips.load_state_dict(state, grid)
+        self._install(skips, [float(t) for t in taus])
+
+    def save_state(self, path, tag: Optional[str] = None) -> None:
+        """Write ``state_dict()`` and ``tag`` (what the wrapper cannot see: model, guidance,
+        resolution) as JSON, atomically; a new process loads it and skips from its first generation.
+
+        Raises:
+            ValueError: before calibration, or for a tag that is not a string or None.
+            OSError: naming ``path`` when it cannot be written.
+        """
+        self._need_calibration("save_state")
+        self.skips.save_state(path, self._grid(), tag)
+
+    def load_state(self, path, tag: Optional[str] = None) -> None:
+        """Load a state written by ``save_state``, refusing one saved with other settings or another tag.
+
+        Raises:
+            ValueError: naming the file, for a corrupt or mismatched file or another tag.
+            OSError: when the file cannot be read.
+        """
+        try:
+            with open(path, "rb") as f:
+                state = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: corrupt SkipWrapper state file ({type(e).__name__})") from None
+        if isinstance(state, dict) and state.get("tag") != tag:
+            raise ValueError(f"{path}: state was saved with tag {state.get('tag')!r}, this wrapper is loading it "
+                             f"with tag {tag!r} (a state belongs to one model and setting)")
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: malformed SkipWrapper state ({type(e).__name__}: {e})") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def _need_calibration(self, what: str) -> None:
+        if self.skips is None:
+            raise ValueError(f"{what} needs a calibration generation first (run the loop once, or calibrate())")
 
     # -- forward ---------------------------------------------------------------------
 
@@ -201,7 +340,8 @@ class SkipWrapper(nn.Module):
         Raises:
             ValueError: for a timestep that cannot be found (no such keyword, no such position)
                 or is not a number, a 0-d tensor or a (batch,) tensor of one value; an output whose
-                shape differs from that branch's earlier outputs; a generation with more steps than
+                shape differs from that branch's earlier outputs; a skipped step with more
+                branches than the real steps before it; a generation with more steps than
                 the calibrated one; or, when this call ends the calibration generation, what
                 ``reset`` raises.
             TypeError: for a model output that is not a tensor, a tuple or list starting with one,
@@ -214,14 +354,26 @@ class SkipWrapper(nn.Module):
             self.reset()
             gen = None
         if gen is None:
-            gen = self._gen = _Generation(calibrating=self.sampler is None)
+            calibrate = self.skips is None or self._force_calibration
+            run = (SkipRun.calibration(self.order, max(self._table_run(), 1)) if calibrate else self.skips.begin())
+            gen = self._gen = _Generation(run)
         if tau == gen.tau:
             gen.branch += 1
         else:
+            self._end_step(gen)
             gen.k, gen.tau, gen.branch = gen.k + 1, tau, 0
             gen.taus.append(tau)
-            self._begin_step(gen)
+            if not gen.run.calibrating and gen.k >= self.steps:
+                raise ValueError(f"this generation has more than the {self.steps} steps of the calibration run; "
+                                 f"call recalibrate() when the loop changes")
+            gen.real = not gen.run.skipping()
+            gen.predicted = None
         return self._call(gen, args, kwargs)
+
+    def _table_run(self) -> int:
+        """The R the calibration table is recorded with (cut to the loop's length at its end)."""
+        o = self.options
+        return 4 if o["policy"] == "paper" else o["max_run"]  # the paper policy's default arms 0..4
 
     def _timestep(self, args, kwargs) -> float:
         where = self.time_arg
@@ -251,25 +403,27 @@ class SkipWrapper(nn.Module):
         direction = self.direction or (math.copysign(1.0, gen.taus[1] - gen.taus[0]) if len(gen.taus) > 1 else 0.0)
         return direction != 0.0 and (tau - gen.tau) * direction < 0
 
-    def _begin_step(self, gen: _Generation) -> None:
-        if gen.calibrating:
-            gen.outputs.append([])
-            return
-        if gen.k >= self.steps:
-            raise ValueError(f"this generation has more than the {self.steps} steps of the calibration run; "
-                             f"call recalibrate() when the loop changes")
-        gen.real = gen.remaining == 0
-        if not gen.real:
-            gen.remaining -= 1
-            gen.skipped_steps.append(gen.k)
+    def _end_step(self, gen: _Generation) -> None:
+        """Hand the finished real step's velocity (all branches, concatenated) to the engine."""
+        if gen.k >= 0 and gen.real and gen.outputs:
+            v = gen.outputs[0] if len(gen.outputs) == 1 else torch.cat([o.reshape(-1) for o in gen.outputs])
+            gen.run.real(gen.k, gen.tau, v)
+        gen.outputs = []
 
     def _call(self, gen: _Generation, args, kwargs):
-        b, tau, p = gen.branch, gen.tau, self.order
-        history = gen.histories.setdefault(b, History(p + 1))
-        if not gen.real and len(history) >= p + 1:
+        b = gen.branch
+        if not gen.real:
+            if gen.predicted is None:  # one extrapolation per step, split into its branches
+                flat = gen.run.extrapolate(gen.k, gen.tau)
+                sizes = [math.prod(gen.shapes[i]) for i in range(len(gen.shapes))]
+                parts = [flat] if len(sizes) == 1 else flat.reshape(-1).split(sizes)
+                gen.predicted = [p.reshape(gen.shapes[i]) for i, p in enumerate(parts)]
+            if b >= len(gen.predicted):
+                raise ValueError(f"step {gen.k} has more model calls than the real steps before it "
+                                 f"({len(gen.predicted)}); the wrapper needs the same calls on every step")
             gen.skipped_calls += 1
             self.skipped_calls += 1
-            return gen.rebuild[b](history.extrapolate(tau, p))
+            return gen.rebuild[b](gen.predicted[b])
         out = self.model(*args, **kwargs)
         gen.model_calls += 1
         self.model_calls += 1
@@ -278,57 +432,50 @@ class SkipWrapper(nn.Module):
             raise ValueError(f"model output changed shape from {tuple(gen.shapes[b])} to {tuple(v.shape)} "
                              f"(step {gen.k}, call {b + 1} of the step)")
         gen.rebuild[b] = _rebuilder(out)
-        if gen.calibrating:
-            gen.outputs[gen.k].append(v.reshape(-1))
-        elif gen.real and b == 0 and gen.pending is not None:  # the real step ending a run of skips
-            decided, gaps, m = gen.pending
-            e = relative_error(history.extrapolate(tau, p), v) * self.weights[gen.k]
-            gen.observed.append((decided, gaps, m + 1, e))
-            gen.pending = None
-        history.append(tau, v)
-        if not gen.calibrating and gen.real and b == 0:
-            gen.reals.append(gen.k)
-            T, policy = self.steps, self.sampler.policy
-            if p <= gen.k < T - 1:
-                m = policy.run_length(gen.k, T - 2 - gen.k)
-                if policy.observes:
-                    r = gen.reals
-                    gen.pending = (gen.k, tuple(r[-1 - i] - r[-2 - i] for i in range(p)), m)
-                gen.remaining = m
+        gen.outputs.append(v)
         return out
 
     # -- end of a generation ---------------------------------------------------------
 
     def _finish(self, gen: _Generation) -> None:
+        self._end_step(gen)
         steps = gen.k + 1
-        if gen.calibrating:
+        run = gen.run
+        if run.calibrating:
             self._calibrate(gen)
-        elif gen.observed or self.sampler.policy.observes:
-            errors = torch.stack([e for *_, e in gen.observed]).tolist() if gen.observed else []
-            self.host_reads += bool(gen.observed)
-            obs = [Observation(k, g, lead, float(e)) for (k, g, lead, _), e in zip(gen.observed, errors)]
-            self.sampler.policy.update(obs, steps - len(gen.skipped_steps))
-        self.last_generation = {"steps": steps, "skipped_steps": list(gen.skipped_steps),
+        else:
+            info = self.skips.end(run, steps - len(run.skipped))
+            self.host_reads += info["host_reads"]
+        self.last_generation = {"steps": steps, "skipped_steps": list(run.skipped),
                                 "model_calls": gen.model_calls, "skipped_calls": gen.skipped_calls,
-                                "calibration": gen.calibrating}
+                                "calibration": run.calibrating}
+
+    def _controller(self, steps: int, **override) -> SkipController:
+        o = {**self.options, **override}
+        paper = o["policy"] == "paper"  # its runs are its arms (0..4)
+        return SkipController(steps, calls=o["calls"], tolerance=o["tolerance"], policy=o["policy"],
+                              order=o["order"], max_run=None if paper else min(o["max_run"], steps - 2),
+                              explore=o["explore"])
 
     def _calibrate(self, gen: _Generation) -> None:
-        T, p, o = gen.k + 1, self.order, self.options
+        T, p = gen.k + 1, self.order
         if T < p + 3:
             raise ValueError(f"the calibration generation had {T} steps; order {p} needs at least {p + 3}")
         taus = gen.taus
         lengths = [abs(b - a) for a, b in zip(taus, taus[1:])]
         lengths.append(lengths[-1])
         weights = [T * d / sum(lengths) for d in lengths]
-        paper = o["policy"] == "paper"  # its runs are its arms (0..4)
-        sampler = FastFlowSampler(T, calls=o["calls"], tolerance=o["tolerance"], policy=o["policy"], order=p,
-                                  max_run=None if paper else min(o["max_run"], T - 2), explore=o["explore"])
-        rec = TableRecorder(taus, p, sampler.max_run, weights=weights)
-        for j in range(T):
-            rec.add(j, torch.cat(gen.outputs[j]))
-        sampler._calibrate(rec.table(), rec.euler_errors())
-        self.host_reads += 2  # the table and Euler's error estimates
-        self.sampler, self.times, self.weights = sampler, list(taus), weights
+        skips = self._controller(T)
+        table, eta = gen.run.recorder.read(weights)
+        self.host_reads += 1  # the table and the base's error estimates, in one transfer
+        R = skips.max_run
+        cut = (slice(None),) + (slice(0, R + 2),) * (p + 1)  # the recorder's R may exceed the loop's
+        skips.weights = _weights(weights)
+        skips.calibrate_from(table[cut].contiguous(), eta)
+        self._install(skips, list(taus))
+
+    def _install(self, skips: SkipController, taus: list) -> None:
+        self.skips, self.times = skips, taus
         self.direction = math.copysign(1.0, taus[1] - taus[0])
 
     def extra_repr(self) -> str:

@@ -28,8 +28,9 @@ def test_grid_formulas():
 @pytest.mark.parametrize("times, match", [
     ([0, 0.5, 0.4, 1], "strictly increasing: it decreases at index 2"),
     ([0, 0.5, 0.5, 1], "repeats at index 2"),
-    ([0.1, 0.5, 1], "start at 0"),
-    ([0, 0.5, 0.9], "end at 1"),
+    ([-0.1, 0.5, 1], r"inside \[0, 1\]"),
+    ([0, 0.5, 1.1], r"inside \[0, 1\]"),
+    ([1, 0.5, 0.6, 0], "strictly decreasing: it increases at index 2"),
     ([0, 1], "at least 3 points"),
     ([[0, 0.5, 1]], "1-D"),
     ([0, float("nan"), 1], "finite"),

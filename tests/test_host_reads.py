@@ -72,3 +72,60 @@ def test_a_non_finite_velocity_is_still_named_by_its_first_step():
     with pytest.raises(ValueError, match=r"call 4, t=0\.3000"):
         s.sample(bad_after_third, noise(4, 2))
     assert not s.calibrated  # the failed calibration left nothing behind
+
+
+class Counting(torch.Tensor):
+    """A tensor that counts its conversions to host values; everything computed from it is one too."""
+
+    reads = 0
+    METHODS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in cls.METHODS:
+            cls.reads += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def counting_velocity(flow):
+    """The flow's velocity, returned as a ``Counting`` tensor: every model-derived tensor counts its reads."""
+    return lambda x, t: flow(x=x.as_subclass(torch.Tensor), t=t.as_subclass(torch.Tensor)).as_subclass(Counting)
+
+
+SAMPLERS = {
+    "euler": lambda: ff.EulerSampler(20),
+    "heun": lambda: ff.HeunSampler(10),
+    "ab2": lambda: ff.AdamsBashforthSampler(20, order=2),
+    "ab3": lambda: ff.AdamsBashforthSampler(20, order=3),
+    "fixed": lambda: ff.ExtrapolatedEulerSampler(20, ff.static_skip_schedule(20)),
+    "taylorseer": lambda: ff.TaylorSeerSampler(20),
+    "teacache": lambda: ff.TeaCacheSampler(20, threshold=0.1),
+    "flowturbo": lambda: ff.FlowTurboSampler(heun=3, pseudo=2),
+    "plan": lambda: ff.FastFlowSampler(20, calls=10),
+    "plan-ab2": lambda: ff.FastFlowSampler(20, calls=10, base="ab2"),
+    "bandit": lambda: ff.FastFlowSampler(20, calls=10, policy="bandit"),
+    "paper": lambda: ff.FastFlowSampler(20, policy="paper", calls=10),
+    "paper-thompson": lambda: ff.FastFlowSampler(20, policy="paper", bandit="thompson",
+                                                 generator=torch.Generator().manual_seed(0)),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_reported_host_reads_are_the_reads_of_model_derived_tensors(name):
+    """Counted by the tensors themselves: calibration, every later run and every policy."""
+    sampler, velocity = SAMPLERS[name](), counting_velocity(sharp_mixture())
+    for seed in range(3):  # FastFlow: the calibration run, then two runs with the policy
+        Counting.reads = 0
+        out = sampler.sample(velocity, noise(8, 2, seed=seed).float())
+        assert Counting.reads == out.info["host_reads"], (seed, Counting.reads, out.info)
+
+
+def test_the_wrapper_counts_its_reads_of_model_outputs():
+    velocity = counting_velocity(sharp_mixture())
+    for policy in ("plan", "bandit", "paper"):
+        w = ff.SkipWrapper(velocity, calls=10, policy=policy)
+        Counting.reads = 0
+        for seed in range(3):
+            ff.EulerSampler(20).sample(w, noise(8, 2, seed=seed).float(), check=False)
+        w.reset()
+        assert Counting.reads == w.host_reads, policy
