@@ -43,7 +43,7 @@ sampler = ff.EulerSampler(T) if mode == "euler" else ff.FastFlowSampler(T, calls
 if device == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-run = sampler.sample if mode == "euler" else sampler.calibrate
+run = sampler.sample if mode == "euler" else getattr(sampler, "calibrate", sampler.sample)  # older versions: first sample()
 run(velocity, x)
 if device == "cuda":
     torch.cuda.synchronize(); print(torch.cuda.max_memory_allocated() - base)
