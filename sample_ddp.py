@@ -51,8 +51,8 @@ import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.distributed import broadcast_state, share_updates
 from models.cli import check_writable, positive_int, run_cli
-from sample import (build_parser, build_sampler, grid_image, parse_checked, state_tag, warm_up_bandit, write_json,
-                    write_png)
+from models.sampling import (build_parser, build_sampler, grid_image, load_for_sampling, parse_checked, state_tag,
+                             warm_up_bandit, write_json, write_png)
 
 SHARD_FORMAT = "fastflow-sample-shard"
 # Flags that do not change the images (where they go, how they are reported, where they run).
@@ -192,15 +192,7 @@ def check_outputs(args, shard_dir: str) -> None:
 
 def load(args, device):
     """Model, config, sampler (refiner included), all flags checked against the model."""
-    from models.checkpoint import load_model
-    model, config, _ = load_model(args.ckpt, device=device)
-    if args.cls is not None and not 0 <= args.cls < config.num_classes:
-        raise ValueError(f"--class {args.cls} is out of range: the model has classes 0..{config.num_classes - 1}")
-    refiner = None
-    if args.sampler == "flowturbo":
-        from models.refiner import load_refiner, parse_turbo
-        if parse_turbo(args.turbo)[2] > 0:
-            refiner = load_refiner(args.refiner, model, device=device)
+    model, config, refiner = load_for_sampling(args, device)
     return model, config, build_sampler(args.sampler, args, refiner)
 
 

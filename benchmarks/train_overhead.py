@@ -32,10 +32,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-import train  # noqa: E402
 from models.evaluation import machine_info, sync  # noqa: E402
 from models.cli import OneLineParser, check_writable, nonnegative_int, positive_int, run_cli  # noqa: E402
 from models.dit import DIT_CONFIGS, build_dit  # noqa: E402
+from models.training import parse_args as parse_train_args, rectified_flow_loss, train  # noqa: E402
 
 # name: (dataset, model, batch size)
 WORKLOADS = {"mnist": ("mnist", "DiT-MNIST-S", 128), "cifar": ("cifar10", "DiT-CIFAR-S", 128),
@@ -80,7 +80,7 @@ def bare_step_seconds(model_name: str, batch: int, num_classes: int, device: tor
             sync(device)
             start = time.perf_counter()
         with autocast:
-            loss = train.rectified_flow_loss(model, x1, y, t, noise, drop)
+            loss = rectified_flow_loss(model, x1, y, t, noise, drop)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -91,12 +91,12 @@ def bare_step_seconds(model_name: str, batch: int, num_classes: int, device: tor
 def train_step_seconds(dataset: str, root: str, model_name: str, batch: int, device: torch.device, steps: int,
                        warmup: int, data_on_device: str, out_dir: str, threads: int) -> dict:
     """Seconds per train.py step between the first log read (after `warmup` steps) and the last."""
-    args = train.parse_args([
+    args = parse_train_args([
         "--dataset", dataset, "--data-root", root, "--split", "test", "--model", model_name,
         "--steps", str(warmup + steps), "--batch-size", str(batch), "--log-every", str(warmup),
         "--ckpt-every", "0", "--sample-every", "0", "--sample-steps", "2", "--out-dir", out_dir,
         "--data-on-device", data_on_device, "--no-progress", "--threads", str(threads)])
-    out = train.main(args)
+    out = train(args)
     (s0, t0), (s1, t1) = out["clock"][0], out["clock"][-1]
     return {"seconds": (t1 - t0) / (s1 - s0), "precision": out["precision"], "data_on_device": out["data_on_device"]}
 

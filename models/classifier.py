@@ -228,5 +228,5 @@ def load_feature_stats(path: str | os.PathLike, model: DigitClassifier | None = 
         fp = classifier_fingerprint(model)
         if ckpt.get("classifier_fingerprint") != fp:
             raise ValueError(f"{path}: statistics were computed with classifier {ckpt.get('classifier_fingerprint')!r}, "
-                             f"not with the given one ({fp!r}); recompute them with train_classifier.py")
+                             f"not with the given one ({fp!r}); recompute them with scripts/train_classifier.py")
     return mu.double(), sigma.double()

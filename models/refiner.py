@@ -241,7 +241,7 @@ def load_refiner(path: str | os.PathLike, base_model: DiT, device: str | torch.d
 
     Args:
         path: a file written by ``save_refiner`` (or a full training checkpoint of
-            train_refiner.py; its EMA weights are used).
+            scripts/train_refiner.py; its EMA weights are used).
         base_model: the DiT the sampler will use; must be the one the refiner was
             distilled from (same config, same weights up to float16 rounding).
         device: where to put the refiner.

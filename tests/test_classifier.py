@@ -3,6 +3,7 @@
 import gzip
 import os
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -19,9 +20,11 @@ from models.classifier import (
     save_feature_stats,
 )
 from models.data import read_idx
-from train_classifier import load_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from train_classifier import load_digits  # noqa: E402
+
 CKPT = os.path.join(ROOT, "checkpoints", "mnist_classifier.pt")
 STATS = os.path.join(ROOT, "checkpoints", "mnist_feature_stats.pt")
 DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "mnist"))

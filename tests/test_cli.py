@@ -8,6 +8,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 import bench  # noqa: E402
 import gpu_overhead  # noqa: E402
@@ -211,7 +212,7 @@ def test_script_bad_flag_exits_2_in_one_line():
 
 def test_script_user_error_exits_1_in_one_line(tmp_path):
     base = str(tmp_path / "missing.pt")
-    proc = run_script("train_refiner.py", "--base", base, "--out-dir", str(tmp_path / "run"), "--no-progress")
+    proc = run_script("scripts/train_refiner.py", "--base", base, "--out-dir", str(tmp_path / "run"), "--no-progress")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     line = one_line(proc.stderr)
     assert line.startswith("train_refiner.py: error: ") and base in line

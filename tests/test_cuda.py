@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 import fastflow as ff
-import train
 from models.data import ImageTensorDataset
+from models.training import DeviceBatches, StepBatchSampler
 from problems import noise, sharp_mixture
 from test_host_reads import counting_host_reads
 
@@ -52,8 +52,8 @@ def test_device_batches_on_cuda_equal_the_cpu_loader():
     g = np.random.default_rng(0)
     dataset = ImageTensorDataset(g.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8), np.arange(40) % 10)
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=2, drop_last=True)
-    loader = DataLoader(dataset, batch_sampler=train.StepBatchSampler(sampler, 8, 0, 12))
-    device = train.DeviceBatches(dataset, train.StepBatchSampler(sampler, 8, 0, 12), CUDA)
+    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(sampler, 8, 0, 12))
+    device = DeviceBatches(dataset, StepBatchSampler(sampler, 8, 0, 12), CUDA)
     for (xa, ya), (xb, yb) in zip(loader, device):
         assert xb.device.type == "cuda"
         torch.testing.assert_close(xa, xb.cpu(), rtol=0, atol=1e-6)

@@ -1,4 +1,5 @@
-"""pip can build the project into a wheel that holds the library and installs it outside the repository."""
+"""pip can build the project into a wheel that holds the library (fastflow only, not the checkout's models/)
+and installs it outside the repository."""
 import os
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ def test_wheel_installs_and_imports_outside_the_repository(tmp_path):
     pytest.importorskip("setuptools")
     src = tmp_path / "src"  # a copy of what the build reads, so the checkout gets no build/ folder
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE", "fastflow", "models"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "fastflow", "models"):  # models/ present, not packaged
         copy = shutil.copytree if os.path.isdir(os.path.join(REPO, name)) else shutil.copy
         copy(os.path.join(REPO, name), src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                                        if copy is shutil.copytree else {}))
@@ -37,8 +38,13 @@ def test_wheel_installs_and_imports_outside_the_repository(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
-    assert "fastflow/plan.py" in names and "fastflow/grids.py" in names and "models/dit.py" in names
-    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert "fastflow/plan.py" in names and "fastflow/grids.py" in names and "fastflow/__init__.py" in names
+    sources = {os.path.relpath(os.path.join(d, f), REPO).replace(os.sep, "/")  # every module, subpackages too
+               for d, _, files in os.walk(os.path.join(REPO, "fastflow")) for f in files if f.endswith(".py")}
+    assert sources <= set(names), sorted(sources - set(names))
+    assert not any(n.startswith(("models/", "tests/", "benchmarks/", "scripts/", "notebooks/")) for n in names)
+    top = {n.split("/")[0] for n in names}  # the package and its .dist-info, no top-level modules
+    assert top == {"fastflow", f"fastflow-{fastflow.__version__}.dist-info"}, top
     required = [line for line in meta.splitlines() if line.startswith("Requires-Dist") and "extra ==" not in line]
     assert required == ["Requires-Dist: torch>=2.4"]
     for extra in ("models", "bench", "test"):

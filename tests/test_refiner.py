@@ -1,17 +1,21 @@
-"""models/refiner.py and train_refiner.py: zero init, size, guidance, files, distillation, resume, FlowTurbo."""
+"""models/refiner.py and scripts/train_refiner.py: zero init, size, guidance, files, distillation, resume,
+FlowTurbo."""
 
 import gzip
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-import train_refiner
 from fastflow import FlowTurboSampler
 from models import DiT, build_dit, load_model, save_checkpoint
 from models.refiner import (RefinerConfig, SamplerRefiner, VelocityRefiner, base_fingerprint, count_params,
                             load_refiner, parse_turbo, save_refiner)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import train_refiner  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""train.py: data order, exact resume, export, and a two-rank torchrun run."""
+"""train.py and models/training.py: data order, exact resume, export, and a two-rank torchrun run."""
 
 import gzip
 import json
@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 import train
-from models import load_checkpoint, load_model
+from models import load_checkpoint, load_model, training
 from models.checkpoint import FULL_KEYS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,26 +45,26 @@ def tiny_args(root, out_dir, steps, *extra):
 
 def test_step_batches_do_not_depend_on_start():
     sampler = DistributedSampler(range(20), num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
-    full = list(train.StepBatchSampler(sampler, 4, 0, 12))
-    tail = list(train.StepBatchSampler(sampler, 4, 7, 12))
+    full = list(training.StepBatchSampler(sampler, 4, 0, 12))
+    tail = list(training.StepBatchSampler(sampler, 4, 7, 12))
     assert tail == full[7:]
     assert sorted(sum(full[:5], [])) == list(range(20))  # one epoch = one permutation
     assert full[:5] != full[5:10]  # reshuffled each epoch
 
 
 def test_step_generators_are_reproducible_and_distinct():
-    a = torch.randn(3, generator=train.step_generator(0, 5))
-    assert torch.equal(a, torch.randn(3, generator=train.step_generator(0, 5)))
-    assert not torch.equal(a, torch.randn(3, generator=train.step_generator(0, 6)))
-    assert not torch.equal(a, torch.randn(3, generator=train.step_generator(1, 5)))
+    a = torch.randn(3, generator=training.step_generator(0, 5))
+    assert torch.equal(a, torch.randn(3, generator=training.step_generator(0, 5)))
+    assert not torch.equal(a, torch.randn(3, generator=training.step_generator(0, 6)))
+    assert not torch.equal(a, torch.randn(3, generator=training.step_generator(1, 5)))
 
 
 def test_t_sampling_in_unit_interval():
     for kind in ("uniform", "logit-normal"):
-        t = train.sample_t(1000, kind, torch.Generator().manual_seed(0))
+        t = training.sample_t(1000, kind, torch.Generator().manual_seed(0))
         assert t.shape == (1000,) and 0 < t.min() and t.max() < 1
     with pytest.raises(ValueError):
-        train.sample_t(3, "cosine", torch.Generator())
+        training.sample_t(3, "cosine", torch.Generator())
 
 
 def test_resume_reaches_same_weights_and_export(mnist_root, tmp_path):
@@ -112,8 +112,9 @@ def test_device_batches_equal_the_data_loader_batches(mnist_root):
     for size in (None, 16):
         dataset, _ = build_dataset("mnist", str(mnist_root), train=True, image_size=size)
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=1, drop_last=True)
-        loader = list(DataLoader(dataset, batch_sampler=train.StepBatchSampler(sampler, 8, 3, 20)))
-        device = list(train.DeviceBatches(dataset, train.StepBatchSampler(sampler, 8, 3, 20), torch.device("cpu")))
+        loader = list(DataLoader(dataset, batch_sampler=training.StepBatchSampler(sampler, 8, 3, 20)))
+        batches = training.StepBatchSampler(sampler, 8, 3, 20)
+        device = list(training.DeviceBatches(dataset, batches, torch.device("cpu")))
         assert len(loader) == len(device) == 17
         for (xa, ya), (xb, yb) in zip(loader, device):
             assert xb.shape == (8, 1, size or 28, size or 28) and xb.dtype == torch.float32
@@ -132,14 +133,14 @@ def test_data_on_device_trains_the_same_weights_as_the_loader(mnist_root, tmp_pa
 
 def test_precision_and_data_placement_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert train.choose_precision("auto", cpu, 10**9) == "fp32"
-    assert train.choose_precision("auto", cuda, 1_300_000) == "fp32"
-    assert train.choose_precision("auto", cuda, 32_000_000) == "bf16"
-    assert train.choose_precision("fp32", cuda, 10**9) == "fp32"
+    assert training.choose_precision("auto", cpu, 10**9) == "fp32"
+    assert training.choose_precision("auto", cuda, 1_300_000) == "fp32"
+    assert training.choose_precision("auto", cuda, 32_000_000) == "bf16"
+    assert training.choose_precision("fp32", cuda, 10**9) == "fp32"
     folder = torch.utils.data.TensorDataset(torch.zeros(2))
-    assert not train.keep_data_on_device(folder, cpu, "auto")
+    assert not training.keep_data_on_device(folder, cpu, "auto")
     with pytest.raises(ValueError, match="in-memory"):
-        train.keep_data_on_device(folder, cpu, "yes")
+        training.keep_data_on_device(folder, cpu, "yes")
 
 
 def test_an_existing_run_is_not_overwritten_and_resume_logs_each_step_once(mnist_root, tmp_path):

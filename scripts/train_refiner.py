@@ -14,8 +14,8 @@ the shipped base saw all 10k test digits), with noise, t, dt and label drops fro
 generator seeded with HOLDOUT_SEED, the same for every run.
 
 Examples:
-    python train_refiner.py --base checkpoints/dit_mnist.pt --steps 2000 --export checkpoints/refiner_mnist.pt
-    python train_refiner.py ... --resume          # continue from <out-dir>/last.pt
+    python scripts/train_refiner.py --base checkpoints/dit_mnist.pt --steps 2000 --export checkpoints/refiner_mnist.pt
+    python scripts/train_refiner.py ... --resume          # continue from <out-dir>/last.pt
 
 Reproducibility as in train.py: refiner init from --seed, data order from a seeded
 DistributedSampler (epoch = step // batches_per_epoch), the noise/t/dt/drops of step k
@@ -35,13 +35,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from models.data import DATASETS, build_dataset
-from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from models.refiner import (RefinerConfig, VelocityRefiner, base_fingerprint, count_params,
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from models.data import DATASETS, build_dataset  # noqa: E402
+from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from models.refiner import (RefinerConfig, VelocityRefiner, base_fingerprint, count_params,  # noqa: E402
                             refiner_config_from_dict, save_refiner)
-from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,
+from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,  # noqa: E402
                         positive_float, positive_int, run_cli, seed_int)
-from train import StepBatchSampler, ema_decay, optimizer_step, sample_t, step_generator
+from models.training import StepBatchSampler, ema_decay, optimizer_step, sample_t, step_generator  # noqa: E402
 
 HOLDOUT_SEED = 1234
 TRAIN_KEYS = ("model", "ema", "optimizer", "step", "refiner_config", "base", "args")

@@ -13,7 +13,7 @@ After training it writes
 
 Example::
 
-    python train_classifier.py --seed 0
+    python scripts/train_classifier.py --seed 0
 """
 
 from __future__ import annotations
@@ -27,19 +27,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fastflow.metrics import classifier_accuracy, feature_statistics
-from models.classifier import (
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+from fastflow.metrics import classifier_accuracy, feature_statistics  # noqa: E402
+from models.classifier import (  # noqa: E402
     ClassifierConfig,
     DigitClassifier,
     extract_features,
     save_classifier,
     save_feature_stats,
 )
-from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,
+from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,  # noqa: E402
                         positive_float, positive_int, run_cli, seed_int)
-from models.data import build_dataset
-
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+from models.data import build_dataset  # noqa: E402
 
 
 def resolve(path: str) -> str:

@@ -1,0 +1,168 @@
+"""What sample.py and sample_ddp.py share: their flags, the sampler a command line names, the model
+(and refiner) loader, the FastFlow calibration and warm-up, state tags and the PNG / JSON writers.
+
+Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from tqdm import tqdm
+
+import fastflow as ff
+from fastflow.atomic import atomic_write
+from models.cli import (OneLineParser, finite_float, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                        resolve_device, seed_int)
+from models.evaluation import DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_REFINER, make_noise
+
+SAMPLER_CHOICES = ["euler", "heun", "ab2", "fastflow", "teacache", "taylorseer", "static", "flowturbo"]
+
+
+def build_sampler(name: str, args, refiner=None) -> ff.Sampler:
+    """A sampler from its command-line name and options."""
+    if name == "euler":
+        return ff.EulerSampler(args.steps)
+    if name == "heun":
+        return ff.HeunSampler(args.steps)
+    if name == "ab2":
+        return ff.AdamsBashforthSampler(args.steps, order=2)
+    if name == "fastflow":
+        paper = args.policy == "paper" or (args.policy is None and (args.mu is not None or args.bandit is not None))
+        kw = dict(arms=tuple(args.arms), mu=args.mu, bandit=args.bandit) if paper else {}
+        return ff.FastFlowSampler(args.steps, calls=args.calls, tolerance=args.tolerance,
+                                  policy="paper" if paper else (args.policy or "plan"), order=args.order,
+                                  base=args.base, generator=torch.Generator().manual_seed(args.seed), **kw)
+    if name == "teacache":
+        return ff.TeaCacheSampler(args.steps, threshold=args.threshold)
+    if name == "taylorseer":
+        return ff.TaylorSeerSampler(args.steps, interval=args.interval)
+    if name == "static":
+        return ff.ExtrapolatedEulerSampler(args.steps, ff.static_skip_schedule(args.steps, args.order), args.order)
+    if name == "flowturbo":
+        from models.refiner import parse_turbo
+        a, b, c = parse_turbo(args.turbo)
+        return ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner)
+    raise ValueError(f"unknown sampler '{name}', choose from {SAMPLER_CHOICES}")
+
+
+def load_for_sampling(args, device: torch.device):
+    """The model of ``--ckpt`` on ``device``, checked against ``--class``, and FlowTurbo's refiner
+    (``--refiner``) when ``--sampler flowturbo`` has refiner blocks (else None).
+
+    Returns:
+        (model, config, refiner).
+    Raises:
+        ValueError: --class out of the model's range; what load_model / load_refiner raise for a
+        missing or corrupt file.
+    """
+    from models.checkpoint import load_model
+    model, config, _ = load_model(args.ckpt, device=device)
+    if args.cls is not None and not 0 <= args.cls < config.num_classes:
+        raise ValueError(f"--class {args.cls} is out of range: the model has classes 0..{config.num_classes - 1}")
+    refiner = None
+    if args.sampler == "flowturbo":
+        from models.refiner import load_refiner, parse_turbo
+        if parse_turbo(args.turbo)[2] > 0:
+            refiner = load_refiner(args.refiner, model, device=device)
+    return model, config, refiner
+
+
+def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, device) -> None:
+    """Calibrate, and let a learning policy learn on ``args.warmup`` batches of other noise before
+    measuring (the plan policy learns nothing after its calibration run: one batch)."""
+    batches = args.warmup if sampler.policy_name != "plan" else min(args.warmup, 0 if sampler.calibrated else 1)
+    for i in tqdm(range(batches), desc="calibration and warm-up", leave=False, disable=args.quiet):
+        x0 = make_noise(labels.shape[0], shape, seed=args.seed + 1_000_003 * (i + 1)).to(device)  # other noise
+        sampler.sample(velocity, x0, y=labels.to(device), cfg_scale=args.cfg)
+
+
+def state_tag(args) -> str:
+    """What a saved FastFlow state is tied to beyond the sampler's own settings: the model file
+    (name and size), the guidance scale and the labels."""
+    size = os.path.getsize(args.ckpt) if os.path.exists(args.ckpt) else "?"
+    labels = f"class {args.cls}" if args.cls is not None else "all classes"
+    return f"{os.path.basename(args.ckpt)} ({size} bytes), cfg {args.cfg:g}, {labels}"
+
+
+def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] as one (C, H', W') grid in [0, 1]."""
+    from torchvision.utils import make_grid
+    return make_grid((images.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+
+
+def write_png(grid: torch.Tensor, path: str) -> None:
+    from torchvision.utils import save_image
+    atomic_write(path, lambda f: save_image(grid, f, format="PNG"))
+
+
+def write_json(report: dict, path: str) -> None:
+    atomic_write(path, lambda f: json.dump(report, f, indent=1), binary=False)
+
+
+def build_parser(prog: str = "sample.py", description: str | None = None) -> OneLineParser:
+    """sample.py's flags (``sample_ddp.py`` shares them); sample.py passes its docstring as ``description``."""
+    p = OneLineParser(prog=prog, description=description)
+    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="model checkpoint (the shipped MNIST DiT)")
+    p.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
+                   help="one sampler; omit to compare Euler and FastFlow side by side")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="grid steps T (FlowTurbo ignores it: its blocks set the steps)")
+    p.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--num-samples", "--n", dest="n", type=positive_int, default=100, help="number of samples")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="samples per sampler call")
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed; labels are 0, 1, 2, ... in turn")
+    p.add_argument("--class", dest="cls", type=int, default=None, help="one class for all samples")
+    p.add_argument("--out", default=None, help="PNG grid path (None: results/euler_vs_fastflow.png, or "
+                                               "results/samples_<sampler>.png with --sampler)")
+    p.add_argument("--out-npz", default=None, help="write images (uint8, N x H x W x C) and labels to exactly "
+                                                   "this path")
+    p.add_argument("--report-json", default=None, help="write the table and settings as JSON here")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    g = p.add_argument_group("FastFlow (first batch: a full calibration run on other noise)")
+    g.add_argument("--policy", choices=list(ff.POLICIES), default=None,
+                   help="how skips are chosen: the optimal plan of the calibration run, a planning bandit, or the "
+                        "paper's per-step bandit (None: plan; paper if --mu or --bandit is given)")
+    g.add_argument("--calls", type=positive_int, default=None,
+                   help="model calls per run (exclusive with --tolerance)")
+    g.add_argument("--tolerance", type=positive_float, default=None,
+                   help="dimensionless: the skips may add this times Euler-T's own estimated error; fewest calls "
+                        f"that fit (None: {ff.DEFAULT_TOLERANCE:g} when --calls is not given)")
+    g.add_argument("--mu", type=nonnegative_float, default=None,
+                   help="paper policy: reward per skipped step, in units of relative velocity error "
+                        "||v_hat - v|| / ||v|| (None: calibrate as max one-step error / T)")
+    g.add_argument("--arms", type=nonnegative_int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="paper policy: the run lengths (steps skipped in a row) the bandit chooses among")
+    g.add_argument("--order", type=positive_int, default=1,
+                   help="extrapolation order p: a skipped velocity is the degree-p polynomial through the last "
+                        "p + 1 real ones")
+    g.add_argument("--base", choices=["euler", "ab2"], default="euler",
+                   help="update the velocities feed: euler (the paper's; reproduces Euler-T) or ab2 (second "
+                        "order; closer to the exact flow at equal calls)")
+    g.add_argument("--bandit", choices=sorted(ff.BANDITS), default=None, help="paper policy's bandit (ucb1)")
+    g.add_argument("--warmup", type=nonnegative_int, default=10,
+                   help="learning-policy warm-up batches on other noise")
+    g.add_argument("--warmup-batch-size", type=positive_int, default=25, help="samples per warm-up batch")
+    g.add_argument("--bandit-state", default=None, help="load the bandit from FILE if it exists, save it back")
+    g = p.add_argument_group("other samplers")
+    g.add_argument("--threshold", type=nonnegative_float, default=0.1, help="TeaCache relative-L1 threshold")
+    g.add_argument("--interval", type=positive_int, default=3, help="TaylorSeer full-step interval")
+    g.add_argument("--turbo", default="H1P5R3", help="FlowTurbo blocks: Heun, pseudo-corrector, refiner counts")
+    g.add_argument("--refiner", default=DEFAULT_REFINER, help="FlowTurbo's velocity refiner checkpoint")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--classifier", default=None,
+                   help=f"digit classifier for the accuracy column (None: {DEFAULT_CLASSIFIER} if present; "
+                        "a path given here must exist)")
+    return p
+
+
+def parse_checked(p: OneLineParser, argv=None):
+    """Parse, and report a device this machine lacks as a bad flag."""
+    args = p.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        p.error(f"argument --device: {e}")
+    return args
