@@ -246,10 +246,12 @@ class SkipWrapper(nn.Module):
         o = self.options
         frozen = SkipWrapper(self.model, calls=None, tolerance=None, policy="plan", order=o["order"],
                              max_run=self.skips.max_run, time_arg=self.time_arg)
+        skip = self.schedule()
         frozen.skips = self._controller(self.steps, policy="plan", max_run=self.skips.max_run,
-                                        calls=self.steps - len(self.schedule()))
-        frozen.skips.calibrate_from(self.skips.table, self.skips.euler_errors)
-        frozen.skips.policy = PlanPolicy(self.steps, self.schedule(), self.order)
+                                        calls=self.steps - len(skip), tolerance=None)
+        frozen.skips.table, frozen.skips.euler_errors = self.skips.table, self.skips.euler_errors
+        frozen.skips.calls_target = self.steps - len(skip)
+        frozen.skips.policy = PlanPolicy(self.steps, skip, self.order)
         frozen.times, frozen.direction = list(self.times), self.direction
         frozen.skips.weights = self.skips.weights
         return frozen

@@ -110,6 +110,14 @@ def test_a_frozen_wrapper_plays_the_schedule_and_learns_nothing():
     frozen.reset()
     assert frozen.last_generation["skipped_steps"] == w.schedule() and counted.calls == K
     assert frozen.host_reads == 0
+    by_tolerance = ff.SkipWrapper(flow, tolerance=1.0, policy="bandit")
+    wrapped_run(by_tolerance, 0)
+    wrapped_run(by_tolerance, 1)
+    by_tolerance.reset()
+    still = by_tolerance.freeze()
+    wrapped_run(still, 2)
+    still.reset()
+    assert still.last_generation["skipped_steps"] == by_tolerance.schedule()
 
 
 def test_a_refused_wrapper_update_changes_nothing_and_a_nan_generation_learns_nothing():
