@@ -36,6 +36,7 @@ import fastflow as ff  # noqa: E402
 from fastflow.atomic import atomic_write  # noqa: E402
 from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,  # noqa: E402
                         positive_int, resolve_device, run_cli, seed_int)
+from models.sampling import parse_checked  # noqa: E402
 from models.evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER,  # noqa: E402
                                Judge, balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
 
@@ -330,12 +331,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="one configuration per family (smoke test)")
     p.add_argument("--out-json", default="results/bench.json", help="all rows, the machine and the targets")
     p.add_argument("--out-plot", default="results/pareto.png", help="quality against calls and time")
-    args = p.parse_args(argv)
-    try:
-        resolve_device(args.device)
-    except ValueError as e:
-        p.error(f"argument --device: {e}")
-    return args
+    return parse_checked(p, argv)
 
 
 if __name__ == "__main__":

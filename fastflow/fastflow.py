@@ -377,7 +377,7 @@ class FastFlowSampler(_BaseStep):
     def start(self, field):
         """The run state: a ``SkipRun`` of the controller (a calibration run before calibration)."""
         calibrate = True if self._calibrating else None
-        return self.skips.begin([field.t(k) for k in range(field.steps)], calibrate=calibrate)
+        return self.skips.begin(field.grid[:field.steps], calibrate=calibrate)  # t_0..t_{T-1}
 
     def velocity(self, field: VelocityField, run, k: int, x: torch.Tensor) -> torch.Tensor:
         """The velocity of step k: inside a run of skips, the order-p extrapolation at t_k (no

@@ -1,7 +1,5 @@
 """The skip engine shared by FastFlowSampler and SkipWrapper: explicit calibration, one state
 machine, the wrapper's persistence and rollback, streaming calibration memory."""
-import json
-
 import pytest
 import torch
 
