@@ -517,20 +517,31 @@ class SkipController:
             ValueError: naming the file, for a corrupt, non-UTF-8 or mismatched file, or another tag.
             OSError: when the file cannot be read (e.g. FileNotFoundError).
         """
-        try:
-            with open(path, "rb") as f:
-                state = json.loads(f.read().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: corrupt FastFlow state file (not UTF-8 text)") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: corrupt FastFlow state file ({e})") from None
-        if isinstance(state, dict) and state.get("tag") != tag:
-            raise ValueError(f"{path}: state was saved with tag {state.get('tag')!r}, this sampler is loading it "
-                             f"with tag {tag!r} (a state belongs to one model and setting)")
-        try:
-            self.load_state_dict(state, grid)
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: malformed FastFlow state ({type(e).__name__}: {e})") from None
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+        load_state_file(path, tag, lambda state: self.load_state_dict(state, grid))
 
+
+def load_state_file(path: str | os.PathLike, tag: Optional[str], load, who: str = "sampler") -> None:
+    """Read a JSON state written by ``save_state``, refuse another ``tag``, and hand it to
+    ``load`` (a ``load_state_dict``); every error names the file.
+
+    Raises:
+        ValueError: naming the file, for a corrupt or non-UTF-8 file, another tag, or what ``load``
+            refuses (its KeyError and TypeError on a malformed state included).
+        OSError: when the file cannot be read (e.g. FileNotFoundError).
+    """
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: corrupt FastFlow state file (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt FastFlow state file ({e})") from None
+    if isinstance(state, dict) and state.get("tag") != tag:
+        raise ValueError(f"{path}: state was saved with tag {state.get('tag')!r}, this {who} is loading it "
+                         f"with tag {tag!r} (a state belongs to one model and setting)")
+    try:
+        load(state)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: malformed FastFlow state ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

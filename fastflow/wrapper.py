@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -39,7 +38,8 @@ import torch
 from torch import nn
 
 from .adapters import first_tensor
-from .controller import DEFAULT_MAX_RUN, POLICIES, STATE_FORMAT, STATE_VERSION, SkipController, SkipRun, _weights
+from .controller import (DEFAULT_MAX_RUN, POLICIES, STATE_FORMAT, STATE_VERSION, SkipController, SkipRun, _weights,
+                         load_state_file)
 from .extrapolate import check_order
 from .policy import PlanPolicy
 
@@ -310,20 +310,7 @@ class SkipWrapper(nn.Module):
             ValueError: naming the file, for a corrupt or mismatched file or another tag.
             OSError: when the file cannot be read.
         """
-        try:
-            with open(path, "rb") as f:
-                state = json.loads(f.read().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: corrupt SkipWrapper state file ({type(e).__name__})") from None
-        if isinstance(state, dict) and state.get("tag") != tag:
-            raise ValueError(f"{path}: state was saved with tag {state.get('tag')!r}, this wrapper is loading it "
-                             f"with tag {tag!r} (a state belongs to one model and setting)")
-        try:
-            self.load_state_dict(state)
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: malformed SkipWrapper state ({type(e).__name__}: {e})") from None
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+        load_state_file(path, tag, self.load_state_dict, who="wrapper")
 
     def _need_calibration(self, what: str) -> None:
         if self.skips is None:
