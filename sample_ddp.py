@@ -21,6 +21,13 @@ shards into --out-npz (arr_0: uint8 N x H x W x C images, arr_1: int64 labels; t
 ADM evaluation suite and DiT's sample_ddp.py), checks that every index is there exactly once,
 and removes the shards only after the merged file is written.
 
+The shard folder belongs to the run. The run creates it (or takes a given one only if it is
+empty) and writes a marker, sample_ddp-run.json, with its fingerprint and a run id; a folder
+with other files and no marker, or the marker of a run with other arguments, is refused before
+any work. No output (--out-npz, --out, --report-json, --bandit-state) may lie inside it. At the
+end the run deletes only the files it wrote, by name, and removes the folder only if it created
+it and nothing else is left in it.
+
 One policy for all ranks. FastFlow calibrates once (rank 0, on other noise, after loading
 --bandit-state if it exists) and sends the state to every rank. Learning policies learn in
 rounds (fastflow.distributed): the N batches of a round are sampled from one state, then every
@@ -37,10 +44,11 @@ import hashlib
 import json
 import math
 import os
-import shutil
+import re
 import signal
 import sys
 import time
+import uuid
 
 import numpy as np
 import torch
@@ -55,6 +63,10 @@ from models.sampling import (build_parser, build_sampler, grid_image, load_for_s
                              warm_up_bandit, write_json, write_png)
 
 SHARD_FORMAT = "fastflow-sample-shard"
+MARKER = "sample_ddp-run.json"  # the shard folder's owner: {"format", "args", "run", "created"}
+MARKER_FORMAT = "fastflow-sample-shard-dir"
+# atomic_write's temporary files for the run's own files (mkstemp adds 8 characters)
+OWN_TEMP = re.compile(r"\.(shard_\d{6}\.npz|state0\.json|" + re.escape(MARKER) + r")\.[A-Za-z0-9_]{8}\.tmp")
 # Flags that do not change the images (where they go, how they are reported, where they run).
 NOT_IN_FINGERPRINT = {"out", "out_npz", "report_json", "quiet", "device", "shard_dir", "overwrite", "timeout",
                       "keep_shards", "bandit_state"}
@@ -92,8 +104,9 @@ def shard_path(shard_dir: str, batch: int) -> str:
     return os.path.join(shard_dir, f"shard_{batch:06d}.npz")
 
 
-def write_shard(path: str, images: np.ndarray, labels: torch.Tensor, indices, fp: dict, update, nfe: int) -> None:
-    meta = {"format": SHARD_FORMAT, "args": fp, "update": update, "nfe": nfe}
+def write_shard(path: str, images: np.ndarray, labels: torch.Tensor, indices, fp: dict, run_id: str, update,
+                nfe: int) -> None:
+    meta = {"format": SHARD_FORMAT, "args": fp, "run": run_id, "update": update, "nfe": nfe}
     atomic_write(path, lambda f: np.savez(f, images=images, labels=labels.numpy(),
                                           indices=np.asarray(list(indices), dtype=np.int64),
                                           meta=np.array(json.dumps(meta))))
@@ -112,11 +125,12 @@ def mismatch(path: str, theirs, fp: dict) -> ShardMismatch:
                          f"or remove it")
 
 
-def read_shard(path: str, indices, fp: dict):
+def read_shard(path: str, indices, fp: dict, run_id: str):
     """A shard's (images, labels, update, nfe), or None if it is missing or corrupt (to resample).
 
     Raises:
-        ShardMismatch: for a readable shard written with other arguments, naming them.
+        ShardMismatch: for a readable shard written with other arguments, naming them, or by
+            another run (copied in from another shard folder).
     """
     if not os.path.exists(path):
         return None
@@ -130,6 +144,9 @@ def read_shard(path: str, indices, fp: dict):
         return None
     if meta.get("args") != fp:
         raise mismatch(path, meta.get("args"), fp)
+    if meta.get("run") != run_id:
+        raise ShardMismatch(f"{path} was written by another run (run id {meta.get('run')!r}, this folder's is "
+                            f"{run_id!r}); remove it to sample it again")
     if (idx.tolist() != list(indices) or images.dtype != np.uint8 or images.ndim != 4
             or images.shape[0] != len(idx) or labels.shape != (len(idx),)):
         return None
@@ -180,14 +197,109 @@ def agree(world: int, step, *args):
     return out
 
 
-def check_outputs(args, shard_dir: str) -> None:
-    """Rank 0, before any model call: outputs writable, no result overwritten by accident."""
+OUTPUT_FLAGS = (("--out-npz", "out_npz"), ("--out", "out"), ("--report-json", "report_json"),
+                ("--bandit-state", "bandit_state"))
+
+
+def check_outputs(args, shard_dir: str, fp: dict) -> None:
+    """Rank 0, before any model call: outputs writable and outside the shard folder, no result
+    overwritten by accident, and a shard folder this run may use (see ``shard_dir_owner``)."""
     if os.path.exists(args.out_npz) and not args.overwrite:
         raise ValueError(f"--out-npz {args.out_npz} exists; pass --overwrite to replace it")
-    for flag, path in (("--out-npz", args.out_npz), ("--out", args.out), ("--report-json", args.report_json),
-                       ("--bandit-state", args.bandit_state), ("--shard-dir", os.path.join(shard_dir, "x"))):
-        if path:
-            check_writable(path, flag)
+    for flag, name in OUTPUT_FLAGS:
+        path = getattr(args, name)
+        if path and inside(path, shard_dir):
+            raise ValueError(f"{flag} {path} is inside --shard-dir {shard_dir}, whose files the run deletes at the "
+                             f"end; put the outputs or the shards elsewhere")
+    for flag, name in OUTPUT_FLAGS:
+        if getattr(args, name):
+            check_writable(getattr(args, name), flag)
+    shard_dir_owner(shard_dir, fp)
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def own_file(name: str) -> bool:
+    """A name this run writes in its shard folder (marker, state0.json, shards, their temp files)."""
+    return (name in (MARKER, "state0.json") or re.fullmatch(r"shard_\d{6}\.npz", name) is not None
+            or OWN_TEMP.fullmatch(name) is not None)
+
+
+def shard_dir_owner(shard_dir: str, fp: dict):
+    """The marker of ``shard_dir`` if it is this run's (same fingerprint), None if it is missing or
+    empty (the run may take it).
+
+    Raises:
+        ValueError: naming the folder, for a file, a folder holding anything without a marker, or
+            a corrupt marker; ShardMismatch for the marker of a run with other arguments.
+    """
+    if not os.path.exists(shard_dir):
+        return None
+    if not os.path.isdir(shard_dir):
+        raise ValueError(f"--shard-dir {shard_dir} is a file, not a folder")
+    names = sorted(os.listdir(shard_dir))
+    if MARKER not in names:
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise ValueError(f"--shard-dir {shard_dir} holds files that are not this run's ({shown}); give a new "
+                             f"or empty folder")
+        return None
+    marker = os.path.join(shard_dir, MARKER)
+    try:
+        with open(marker) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{marker} is corrupt ({' '.join(str(e).split())}); remove {shard_dir} or use another "
+                         f"--shard-dir") from None
+    if (not isinstance(saved, dict) or saved.get("format") != MARKER_FORMAT or not isinstance(saved.get("run"), str)
+            or not isinstance(saved.get("created"), bool)):
+        raise ValueError(f"{marker} is not a sample_ddp.py shard folder marker; remove {shard_dir} or use another "
+                         f"--shard-dir")
+    if saved.get("args") != fp:
+        raise mismatch(marker, saved.get("args"), fp)
+    return saved
+
+
+def claim_shard_dir(shard_dir: str, fp: dict) -> str:
+    """Rank 0: make ``shard_dir`` this run's (create it, or take it if empty, and write the marker);
+    returns the run id its shards carry.
+
+    Raises:
+        ValueError / OSError: naming the folder, for one the run may not take (``shard_dir_owner``)
+            or cannot create.
+    """
+    saved = shard_dir_owner(shard_dir, fp)
+    if saved is not None:
+        return saved["run"]
+    created = not os.path.exists(shard_dir)
+    try:
+        os.makedirs(shard_dir, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"--shard-dir {shard_dir}: cannot create it ({e.strerror or e})") from None
+    saved = {"format": MARKER_FORMAT, "args": fp, "run": uuid.uuid4().hex, "created": created}
+    atomic_write(os.path.join(shard_dir, MARKER), lambda f: json.dump(saved, f), binary=False)
+    return saved["run"]
+
+
+def release_shard_dir(shard_dir: str) -> None:
+    """Rank 0, after the merge: delete the run's own files by name (the marker last), then the folder
+    if the run created it and nothing else is in it; anything else is kept, and said so."""
+    with open(os.path.join(shard_dir, MARKER)) as f:
+        created = json.load(f).get("created") is True
+    for name in sorted(os.listdir(shard_dir)):
+        if own_file(name) and name != MARKER:
+            os.remove(os.path.join(shard_dir, name))
+    os.remove(os.path.join(shard_dir, MARKER))
+    left = sorted(os.listdir(shard_dir))
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        print(f"sample_ddp.py: kept {shard_dir}: it holds files this run did not write ({shown})", file=sys.stderr)
+    elif created:
+        os.rmdir(shard_dir)
 
 
 def load(args, device):
@@ -196,7 +308,7 @@ def load(args, device):
     return model, config, build_sampler(args.sampler, args, refiner)
 
 
-def calibrate(sampler, args, fp, shard_dir, velocity, shape, num_classes, device) -> None:
+def calibrate(sampler, args, fp, run_id, shard_dir, velocity, shape, num_classes, device) -> None:
     """Rank 0: the state this run's shards were made with, if there is one; else --bandit-state
     (if it exists) and the calibration and warm-up runs on other noise, saved for a resume."""
     state0 = os.path.join(shard_dir, "state0.json")
@@ -210,13 +322,17 @@ def calibrate(sampler, args, fp, shard_dir, velocity, shape, num_classes, device
         if saved is not None:
             if saved.get("args") != fp:
                 raise mismatch(state0, saved.get("args"), fp)
+            if saved.get("run") != run_id:
+                raise ShardMismatch(f"{state0} was written by another run (run id {saved.get('run')!r}, this "
+                                    f"folder's is {run_id!r}); remove it to calibrate again")
             sampler.load_state_dict(saved["state"])
             return
     if args.bandit_state and os.path.exists(args.bandit_state):
         sampler.load_state(args.bandit_state, tag=state_tag(args))
     labels = index_labels(range(args.warmup_batch_size), num_classes, args.cls)
     warm_up_bandit(sampler, velocity, shape, labels, args, device)
-    atomic_write(state0, lambda f: json.dump({"args": fp, "state": sampler.state_dict()}, f), binary=False)
+    atomic_write(state0, lambda f: json.dump({"args": fp, "run": run_id, "state": sampler.state_dict()}, f),
+                 binary=False)
 
 
 def run(args, rank: int, world: int, device: torch.device) -> dict:
@@ -224,14 +340,18 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
     if n < world:
         raise ValueError(f"--num-samples {n} is smaller than the number of processes ({world})")
     shard_dir = args.shard_dir or args.out_npz + ".shards"
-    agree(world, check_outputs if rank == 0 else (lambda *a: None), args, shard_dir)
+    fp = fingerprint(args)
+    agree(world, check_outputs if rank == 0 else (lambda *a: None), args, shard_dir, fp)
     model, config, sampler = agree(world, load, args, device)
+    run_id = [agree(world, claim_shard_dir if rank == 0 else (lambda *a: None), shard_dir, fp)]
+    if world > 1:
+        dist.broadcast_object_list(run_id, src=0)
+    run_id = run_id[0]
     shape = (config.in_channels, config.image_size, config.image_size)
     velocity = model.forward_with_cfg
-    fp = fingerprint(args)
     if isinstance(sampler, ff.FastFlowSampler):  # calibrate once, on rank 0; every rank gets its state
-        agree(world, calibrate if rank == 0 else (lambda *a: None), sampler, args, fp, shard_dir, velocity, shape,
-              config.num_classes, device)
+        agree(world, calibrate if rank == 0 else (lambda *a: None), sampler, args, fp, run_id, shard_dir, velocity,
+              shape, config.num_classes, device)
         if world > 1:
             broadcast_state(sampler)
 
@@ -244,7 +364,7 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
         update, nfe = None, None
         indices = range(j * B, min((j + 1) * B, n)) if j < batches else range(0)
         path = shard_path(shard_dir, j)
-        found = agree(world, read_shard, path, indices, fp) if j < batches else agree(world, lambda: None)
+        found = agree(world, read_shard, path, indices, fp, run_id) if j < batches else agree(world, lambda: None)
         if j < batches:
             if found is not None:
                 _, _, update, nfe = found
@@ -264,7 +384,7 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
                 images = to_uint8(res.x)  # the host copy also waits for the device
                 seconds += time.perf_counter() - start
                 nfe = res.nfe
-                write_shard(path, images, y, indices, fp, update, nfe)
+                write_shard(path, images, y, indices, fp, run_id, update, nfe)
                 mine += len(indices)
                 crash_for_test(rank, mine)
             nfes.append(nfe)
@@ -284,7 +404,7 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
         dist.barrier()  # every shard is on disk
     report = {}
     if rank == 0:
-        images, labels = merge(shard_dir, n, B, fp)
+        images, labels = merge(shard_dir, n, B, fp, run_id)
         atomic_write(args.out_npz, lambda f: np.savez(f, arr_0=images, arr_1=labels))
         report = make_report(args, per_rank, world, resampled, device)
         if args.out:
@@ -296,7 +416,7 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
         if args.report_json:
             write_json(report, args.report_json)
         if not args.keep_shards:
-            shutil.rmtree(shard_dir)
+            release_shard_dir(shard_dir)
         print(f"wrote {args.out_npz}: {n} images, {report['images_per_second']:.2f} images/s on {world} "
               f"process(es), mean NFE {report['nfe']:.2f}")
     if world > 1:
@@ -304,12 +424,12 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
     return report
 
 
-def merge(shard_dir: str, n: int, B: int, fp: dict):
+def merge(shard_dir: str, n: int, B: int, fp: dict, run_id: str):
     """Every shard of the run, checked: each index in [0, n) exactly once, in order."""
     images, labels, seen = [], [], []
     for j in range(math.ceil(n / B)):
         indices = range(j * B, min((j + 1) * B, n))
-        found = read_shard(shard_path(shard_dir, j), indices, fp)
+        found = read_shard(shard_path(shard_dir, j), indices, fp, run_id)
         if found is None:
             raise ValueError(f"{shard_path(shard_dir, j)} is missing or corrupt after sampling; rerun to resume")
         images.append(found[0])
@@ -347,7 +467,9 @@ def crash_for_test(rank: int, done: int) -> None:
 def parse_args(argv=None):
     p = build_parser("sample_ddp.py", __doc__)
     p.set_defaults(sampler="fastflow")
-    p.add_argument("--shard-dir", default=None, help="where shards go while sampling (None: <--out-npz>.shards)")
+    p.add_argument("--shard-dir", default=None,
+                   help="where shards go while sampling: a new or empty folder, or this run's from before "
+                        "(None: <--out-npz>.shards)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out-npz")
     p.add_argument("--keep-shards", action="store_true", help="keep the shards after merging")
     p.add_argument("--timeout", type=positive_int, default=600,

@@ -117,8 +117,14 @@ def test_bad_input_and_damaged_shards(one_process, tmp_path, capsys):
     assert np.array_equal(load(out)[0], images)
 
     other = [*FAST, "--calls", "6", "--out-npz", str(out), "--overwrite", "--shard-dir", str(tmp_path / "a.npz.shards")]
+    marker = tmp_path / "a.npz.shards" / "sample_ddp-run.json"
+    with pytest.raises(ValueError, match=r"sample_ddp-run.json was written by a run with other arguments "
+                                         r"\(calls: 5 there, 6 now"):
+        main(parse_args(other))  # the folder's marker is checked before any work
+    saved = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**saved, "args": {**saved["args"], "calls": 6}}))  # a marker that lies
     with pytest.raises(ValueError, match=r"state0.json was written by a run with other arguments \(calls: 5 there, 6 now"):
-        main(parse_args(other))  # FastFlow's calibrated state is checked first
+        main(parse_args(other))  # FastFlow's calibrated state is checked next
     os.remove(tmp_path / "a.npz.shards" / "state0.json")
     with pytest.raises(ValueError, match=r"shard_000000.npz was written by a run with other arguments "
                                          r"\(calls: 5 there, 6 now"):

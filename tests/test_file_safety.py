@@ -1,0 +1,116 @@
+"""What the scripts delete, overwrite and trust: sample_ddp.py's shard folder belongs to its run
+(and nothing else in it is ever removed), checkpoints are told apart by content, one train.py per
+run folder, and every file read back is checked before it is believed."""
+import json
+import os
+
+import pytest
+
+from sample_ddp import MARKER, main, parse_args
+
+FAST = ["--sampler", "euler", "--steps", "2", "--num-samples", "4", "--batch-size", "2", "--quiet", "--device", "cpu"]
+
+
+def snapshot(root) -> dict:
+    """Every file under ``root``: relative path -> bytes (folders as None)."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(folder, name), root)] = None
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def user_files(folder):
+    """A folder of a user's own files, one of them in a subfolder, one named like a shard."""
+    os.makedirs(folder / "sub", exist_ok=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    (folder / "shard_000000.npz").write_bytes(b"not a shard")
+    return snapshot(folder)
+
+
+# ---------------------------------------------------------------- sample_ddp.py --shard-dir
+
+
+def test_a_shard_dir_holding_a_users_files_is_refused_and_kept(tmp_path):
+    mine = tmp_path / "mydata"
+    before = user_files(mine)
+    with pytest.raises(ValueError, match=rf"--shard-dir {mine} holds files that are not this run's "
+                                         r"\(notes.txt, shard_000000.npz, sub\); give a new or empty folder"):
+        main(parse_args([*FAST, "--out-npz", str(tmp_path / "a.npz"), "--shard-dir", str(mine)]))
+    assert snapshot(mine) == before and not (tmp_path / "a.npz").exists()
+
+
+def test_outputs_inside_the_shard_dir_are_refused_before_work(tmp_path):
+    out = tmp_path / "d" / "out"
+    before = user_files(out)
+    (out / "a.npz").write_bytes(b"an older result")
+    before = snapshot(out)
+    argv = [*FAST, "--out-npz", str(out / "a.npz"), "--report-json", str(out / "r.json"), "--shard-dir", str(out),
+            "--overwrite"]
+    with pytest.raises(ValueError, match=rf"--out-npz {out / 'a.npz'} is inside --shard-dir {out}, whose files the "
+                                         r"run deletes at the end"):
+        main(parse_args(argv))
+    assert snapshot(out) == before
+    argv = [*FAST, "--out-npz", str(tmp_path / "a.npz"), "--report-json", str(out / "r.json"), "--shard-dir", str(out)]
+    with pytest.raises(ValueError, match=rf"--report-json {out / 'r.json'} is inside --shard-dir {out}"):
+        main(parse_args(argv))
+    fresh = tmp_path / "new"  # also for a folder the run would create
+    with pytest.raises(ValueError, match=rf"--out {fresh / 'grid.png'} is inside --shard-dir {fresh}"):
+        main(parse_args([*FAST, "--out-npz", str(tmp_path / "b.npz"), "--out", str(fresh / "grid.png"),
+                         "--shard-dir", str(fresh)]))
+    assert snapshot(out) == before and not fresh.exists() and not (tmp_path / "a.npz").exists()
+
+
+def test_shard_dir_dot_leaves_the_current_folder_alone(tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    before = user_files(here)
+    monkeypatch.chdir(here)
+    with pytest.raises(ValueError, match=r"--out-npz a.npz is inside --shard-dir \."):
+        main(parse_args([*FAST, "--out-npz", "a.npz", "--shard-dir", "."]))
+    with pytest.raises(ValueError, match=r"--shard-dir \. holds files that are not this run's"):
+        main(parse_args([*FAST, "--out-npz", str(tmp_path / "a.npz"), "--shard-dir", "."]))
+    assert snapshot(here) == before and not (tmp_path / "a.npz").exists()
+
+
+def test_the_run_deletes_only_its_own_files(tmp_path, capsys):
+    shards = tmp_path / "shards"
+    argv = [*FAST, "--out-npz", str(tmp_path / "a.npz"), "--shard-dir", str(shards)]
+    main(parse_args([*argv, "--keep-shards"]))
+    assert sorted(os.listdir(shards)) == [MARKER, "shard_000000.npz", "shard_000001.npz"]
+    marker = json.loads((shards / MARKER).read_text())
+    assert marker["format"] == "fastflow-sample-shard-dir" and marker["created"] is True
+    (shards / "notes.txt").write_text("mine")  # dropped into the run's folder before the rerun
+    (shards / ".shard_000001.npz.abcd1234.tmp").write_bytes(b"a killed write")
+    capsys.readouterr()
+    main(parse_args([*argv, "--overwrite"]))  # resumes from the kept shards, then cleans up
+    assert os.listdir(shards) == ["notes.txt"] and (shards / "notes.txt").read_text() == "mine"
+    assert f"kept {shards}: it holds files this run did not write (notes.txt)" in capsys.readouterr().err
+
+
+def test_an_empty_folder_given_by_the_user_is_used_and_kept(tmp_path):
+    given = tmp_path / "given"
+    given.mkdir()
+    main(parse_args([*FAST, "--out-npz", str(tmp_path / "a.npz"), "--shard-dir", str(given)]))
+    assert given.is_dir() and os.listdir(given) == [] and (tmp_path / "a.npz").is_file()
+    main(parse_args([*FAST, "--out-npz", str(tmp_path / "b.npz"), "--shard-dir", str(tmp_path / "made")]))
+    assert not (tmp_path / "made").exists()  # a folder the run made is removed with its files
+
+
+def test_a_shard_dir_that_is_a_file_or_has_a_foreign_marker(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(ValueError, match=rf"--shard-dir {tmp_path / 'f'} is a file, not a folder"):
+        main(parse_args([*FAST, "--out-npz", str(tmp_path / "a.npz"), "--shard-dir", str(tmp_path / "f")]))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / MARKER).write_text("[1, 2]")
+    with pytest.raises(ValueError, match=rf"{bad / MARKER} is not a sample_ddp.py shard folder marker"):
+        main(parse_args([*FAST, "--out-npz", str(tmp_path / "a.npz"), "--shard-dir", str(bad)]))
+    (bad / MARKER).write_text("{")
+    with pytest.raises(ValueError, match=rf"{bad / MARKER} is corrupt"):
+        main(parse_args([*FAST, "--out-npz", str(tmp_path / "a.npz"), "--shard-dir", str(bad)]))
+    assert (tmp_path / "f").read_text() == "mine" and os.listdir(bad) == [MARKER]
