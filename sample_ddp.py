@@ -89,9 +89,13 @@ def index_labels(indices, num_classes: int, cls=None) -> torch.Tensor:
 
 
 def fingerprint(args) -> dict:
-    """The arguments that decide the images (and the checkpoint's size, to notice a new file)."""
+    """The arguments that decide the images, and the sha256 of the model (and FlowTurbo refiner)
+    file, so a file replaced by another of the same name and size is noticed."""
+    from models.checkpoint import file_sha256
     fp = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_FINGERPRINT}
-    fp["ckpt_bytes"] = os.path.getsize(args.ckpt) if os.path.exists(args.ckpt) else None
+    fp["ckpt_sha256"] = file_sha256(args.ckpt) if os.path.isfile(args.ckpt) else None
+    if args.sampler == "flowturbo":
+        fp["refiner_sha256"] = file_sha256(args.refiner) if os.path.isfile(args.refiner) else None
     return fp
 
 

@@ -80,10 +80,12 @@ def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, d
 
 def state_tag(args) -> str:
     """What a saved FastFlow state is tied to beyond the sampler's own settings: the model file
-    (name and size), the guidance scale and the labels."""
-    size = os.path.getsize(args.ckpt) if os.path.exists(args.ckpt) else "?"
+    (name and the sha256 of its bytes, so a retrained model of the same size is another model),
+    the guidance scale and the labels."""
+    from models.checkpoint import file_sha256
+    digest = file_sha256(args.ckpt) if os.path.isfile(args.ckpt) else "?"
     labels = f"class {args.cls}" if args.cls is not None else "all classes"
-    return f"{os.path.basename(args.ckpt)} ({size} bytes), cfg {args.cfg:g}, {labels}"
+    return f"{os.path.basename(args.ckpt)} (sha256 {digest}), cfg {args.cfg:g}, {labels}"
 
 
 def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:

@@ -114,3 +114,67 @@ def test_a_shard_dir_that_is_a_file_or_has_a_foreign_marker(tmp_path):
     with pytest.raises(ValueError, match=rf"{bad / MARKER} is corrupt"):
         main(parse_args([*FAST, "--out-npz", str(tmp_path / "a.npz"), "--shard-dir", str(bad)]))
     assert (tmp_path / "f").read_text() == "mine" and os.listdir(bad) == [MARKER]
+
+
+# ---------------------------------------------------------------- checkpoints told apart by content
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Two checkpoints of one config and the same byte size that differ in one weight."""
+    import torch
+    from models.evaluation import DEFAULT_CKPT
+    d = tmp_path_factory.mktemp("models")
+    payload = torch.load(DEFAULT_CKPT, weights_only=True)
+    torch.save(payload, d / "a.pt")
+    name = next(k for k, v in payload["ema"].items() if v.is_floating_point() and v.numel() > 1)
+    payload["ema"][name] = payload["ema"][name] + 1e-3
+    torch.save(payload, d / "b.pt")
+    assert os.path.getsize(d / "a.pt") == os.path.getsize(d / "b.pt")
+    return d / "a.pt", d / "b.pt"
+
+
+def test_file_sha256_hashes_the_bytes_once_per_version(tmp_path):
+    import hashlib
+    from models.checkpoint import _sha256, file_sha256
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"one")
+    assert file_sha256(path) == hashlib.sha256(b"one").hexdigest()
+    hits = _sha256.cache_info().hits
+    assert file_sha256(str(path)) == hashlib.sha256(b"one").hexdigest() and _sha256.cache_info().hits == hits + 1
+    tmp = tmp_path / "new"
+    tmp.write_bytes(b"two")
+    os.replace(tmp, path)  # same name, same size, new content
+    assert file_sha256(path) == hashlib.sha256(b"two").hexdigest()
+
+
+def test_a_resume_with_another_model_of_the_same_size_is_refused(two_models, tmp_path):
+    from models.checkpoint import file_sha256
+    a, b = two_models
+    model = tmp_path / "model.pt"
+    model.write_bytes(a.read_bytes())
+    argv = [*FAST, "--ckpt", str(model), "--out-npz", str(tmp_path / "a.npz"), "--keep-shards"]
+    main(parse_args(argv))
+    before = snapshot(tmp_path / "a.npz.shards")
+    model.write_bytes(b.read_bytes())  # retrained in place
+    with pytest.raises(ValueError, match=rf"{MARKER} was written by a run with other arguments \(ckpt_sha256: "
+                                         rf"'{file_sha256(a)}' there, '{file_sha256(b)}' now\)"):
+        main(parse_args([*argv, "--overwrite"]))
+    assert snapshot(tmp_path / "a.npz.shards") == before
+
+
+def test_a_fastflow_state_of_another_model_of_the_same_size_is_refused(two_models, tmp_path):
+    from models.checkpoint import file_sha256
+    a, b = two_models
+    model, state = tmp_path / "model.pt", tmp_path / "s.json"
+    model.write_bytes(a.read_bytes())
+    argv = ["--sampler", "fastflow", "--calls", "3", "--steps", "4", "--num-samples", "2", "--batch-size", "2",
+            "--quiet", "--device", "cpu", "--ckpt", str(model), "--bandit-state", str(state)]
+    main(parse_args([*argv, "--out-npz", str(tmp_path / "a.npz")]))
+    saved = state.read_text()
+    assert f"model.pt (sha256 {file_sha256(a)}), cfg 1, all classes" in saved
+    model.write_bytes(b.read_bytes())
+    with pytest.raises(ValueError, match=rf"s.json: state was saved with tag 'model.pt \(sha256 {file_sha256(a)}\).*"
+                                         rf"with tag 'model.pt \(sha256 {file_sha256(b)}\)"):
+        main(parse_args([*argv, "--out-npz", str(tmp_path / "b.npz")]))
+    assert state.read_text() == saved
