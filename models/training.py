@@ -5,13 +5,21 @@ Rectified flow with t in [0, 1], t = 0 noise, t = 1 data: x_t = (1 - t) noise + 
 (``StepBatchSampler``) make a resumed run reach the same weights as an uninterrupted one; see
 train.py's docstring for the whole recipe. ``parse_args`` and ``train`` are train.py's command line
 and run (train.py adds only its docstring as the --help text and the exit status).
+
+One writer per run folder: ``train`` holds ``RunLock(--out-dir)`` (rank 0) for the whole run, so a
+second train.py into the same folder stops at once with a one-line error naming the holder, and
+only the holder removes the temporary files that killed checkpoint writes left behind.
 """
 
 import argparse
 import contextlib
 import copy
+import errno
+import fcntl
 import json
 import os
+import re
+import socket
 import time
 from dataclasses import asdict, replace
 
@@ -195,6 +203,91 @@ def keep_log_until(path: str, step: int) -> None:
 # ---------------------------------------------------------------- setup
 
 
+class RunLock:
+    """An exclusive lock on a run folder: ``<folder>/.train.lock``, locked with ``fcntl.flock`` and
+    holding "pid P on HOST" of the writer, removed on release. The lock is the kernel's, so a writer
+    killed by any signal leaves no stale lock; the file is only there to name the holder.
+    """
+
+    NAME = ".train.lock"
+
+    def __init__(self, folder: str):
+        self.folder, self.path, self.fd = folder, os.path.join(folder, self.NAME), None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock or fail at once.
+
+        Raises:
+            ValueError: naming the folder and the holder, when another process holds it.
+        """
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                holder = os.read(fd, 256).decode(errors="replace").strip() or "a process starting up"
+                os.close(fd)
+                raise ValueError(f"--out-dir {self.folder} is in use by another train.py ({holder}, see "
+                                 f"{self.path}); wait for it to end or use another --out-dir") from None
+            try:  # the file a releasing holder removed between our open and our lock is no lock
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and let go (a no-op when not held)."""
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Remove the temporary files killed checkpoint writes left in ``folder`` (``.last.pt.*.tmp``,
+    atomic_write's names); call only while holding the folder's RunLock. Returns the names removed."""
+    stale = sorted(n for n in os.listdir(folder) if re.fullmatch(r"\.last\.pt\.[A-Za-z0-9_]{8}\.tmp", n))
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
+def lock_run_folder(folder: str, rank: int, world_size: int) -> RunLock | None:
+    """Rank 0 takes ``folder``'s RunLock and removes stale temporary files; every rank raises rank
+    0's error if it cannot (so no rank waits for a rank 0 that gave up). Returns the lock on rank 0."""
+    lock, problem = None, None
+    if rank == 0:
+        try:
+            lock = RunLock(folder).acquire()
+            stale = remove_stale_temp_files(folder)
+            if stale:
+                print(f"removed {len(stale)} temporary file(s) of killed checkpoint writes from {folder}")
+        except (ValueError, OSError) as e:
+            if lock is not None:
+                lock.release()
+            problem = " ".join(str(e).split())
+    if world_size > 1:
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        raise ValueError(problem)
+    return lock
+
+
 def setup_distributed():
     """(rank, world_size, local_rank, device); init a process group only under torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -300,11 +393,22 @@ def parse_args(argv=None, prog: str = "train.py", description: str | None = None
 
 
 def train(args):
-    """Train (train.py's run); the output folder and --export are proved writable before anything else happens."""
+    """Train (train.py's run); the output folder and --export are proved writable, and the folder
+    locked for this run (``RunLock``), before anything else happens."""
     check_writable(os.path.join(args.out_dir, "last.pt"), "--out-dir")
     if args.export:
         check_writable(args.export, "--export")
     rank, world_size, local_rank, device = setup_distributed()
+    lock = lock_run_folder(args.out_dir, rank, world_size)
+    try:
+        return run(args, rank, world_size, local_rank, device)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run(args, rank: int, world_size: int, local_rank: int, device: torch.device) -> dict:
+    """The training run of ``train``, on a locked --out-dir."""
     if device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(args.threads or max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))

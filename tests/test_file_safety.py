@@ -178,3 +178,78 @@ def test_a_fastflow_state_of_another_model_of_the_same_size_is_refused(two_model
                                          rf"with tag 'model.pt \(sha256 {file_sha256(b)}\)"):
         main(parse_args([*argv, "--out-npz", str(tmp_path / "b.npz")]))
     assert state.read_text() == saved
+
+
+# ---------------------------------------------------------------- one train.py per --out-dir
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    """16 fake MNIST training digits in idx .gz format."""
+    import gzip
+
+    import numpy as np
+    root = tmp_path / "mnist"
+    root.mkdir()
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 28, 28), dtype=np.uint8)
+    labels = np.arange(16, dtype=np.uint8) % 10
+    for name, arr, magic in [("train-images-idx3-ubyte.gz", images, 2051), ("train-labels-idx1-ubyte.gz", labels, 2049)]:
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(root / name, "wb") as f:
+            f.write(header + arr.tobytes())
+    return root
+
+
+def train_args(root, out_dir, *extra):
+    import train
+    return train.parse_args(["--dataset", "mnist", "--data-root", str(root), "--steps", "2", "--batch-size", "8",
+                             "--out-dir", str(out_dir), "--ckpt-every", "0", "--sample-every", "0",
+                             "--sample-steps", "2", "--threads", "1", "--no-progress", *extra])
+
+
+def test_a_second_train_into_a_locked_out_dir_is_refused(mnist_root, tmp_path, capsys):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import train
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from models.training import RunLock; RunLock(sys.argv[1]).acquire(); "
+                               "print('locked', flush=True); sys.stdin.read()", str(out)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(ValueError, match=rf"--out-dir {out} is in use by another train.py \(pid {holder.pid} on "
+                                             rf"{socket.gethostname()}, see {out / '.train.lock'}\); wait for it"):
+            train.main(train_args(mnist_root, out))
+        assert os.listdir(out) == [".train.lock"]  # nothing written, nothing removed
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed holder: its lock goes with it, the file stays
+        holder.wait()
+    (out / ".last.pt.abcd1234.tmp").write_bytes(b"a killed checkpoint write")
+    (out / ".last.pt.mine").write_bytes(b"not a temp file of ours")
+    capsys.readouterr()
+    assert train.main(train_args(mnist_root, out))["step"] == 2
+    assert "removed 1 temporary file(s) of killed checkpoint writes" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == [".last.pt.mine", "last.pt", "log.jsonl", "samples"]
+
+
+def test_the_lock_is_held_for_the_run_and_refused_in_process(mnist_root, tmp_path, monkeypatch):
+    """Inside the run the folder is locked: a second RunLock (another open file) cannot take it."""
+    from models import training
+    seen = []
+    real = training.run
+
+    def spy(args, *a):
+        with pytest.raises(ValueError, match="is in use by another train.py"):
+            training.RunLock(args.out_dir).acquire()
+        seen.append(open(os.path.join(args.out_dir, ".train.lock")).read())
+        return real(args, *a)
+    monkeypatch.setattr(training, "run", spy)
+    training.train(train_args(mnist_root, tmp_path / "run"))
+    assert seen and seen[0].startswith(f"pid {os.getpid()} on ")
+    assert not (tmp_path / "run" / ".train.lock").exists()
