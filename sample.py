@@ -1,8 +1,13 @@
 """Sample digits from a trained DiT with any sampler of `fastflow`.
 
 With no arguments (the main job): Euler-50 and FastFlow from identical noise and labels,
-both grids side by side in one PNG, and a table of NFE, wall time, speedup, PSNR/SSIM
-against Euler-50 and classifier accuracy.
+both grids side by side in one labelled PNG (outputs/euler_vs_fastflow.png), and a table of
+NFE, wall time, time per model call, speedup and its call-ratio ceiling, PSNR/SSIM against
+Euler-50 and classifier accuracy. Times are medians of interleaved rounds on the first
+--timing-samples samples, after an untimed warm-up run of each sampler (models/timing.py); a
+speedup above 1.05 x its ceiling (Euler's calls / the sampler's calls) is flagged as a
+measurement problem, not printed. FastFlow's calibration is timed apart: it is paid once per
+model and setting.
 
     python sample.py                                   # Euler-50 vs FastFlow, 100 digits
     python sample.py --sampler heun --steps 10 --n 64 --cfg 2 --out-npz s.npz
@@ -13,8 +18,10 @@ Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,15 +31,37 @@ from tqdm import tqdm
 import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.metrics import classifier_accuracy
-from models.cli import check_writable, resolve_device, run_cli
-from models.evaluation import DEFAULT_CLASSIFIER, balanced_labels, fidelity, machine_info, make_noise, run_batched
+from models.cli import check_writable, positive_int, resolve_device, run_cli
+from models.evaluation import (DEFAULT_CLASSIFIER, balanced_labels, fidelity, machine_info, make_noise, run_batched,
+                               sync)
 from models.sampling import (build_parser, build_sampler, grid_image, load_for_sampling, parse_checked, state_tag,
                              warm_up_bandit, write_json, write_png)
+from models.timing import CEILING_SLACK, Comparison, Contender, compare
+
+LABEL_HEIGHT = 18  # pixels of the title strip above each half of the side-by-side PNG
 
 
-def side_by_side(left: torch.Tensor, right: torch.Tensor, nrow: int) -> torch.Tensor:
-    """Two image grids next to each other, separated by a blank column."""
+def title_strip(text: str, width: int, channels: int) -> torch.Tensor:
+    """(channels, LABEL_HEIGHT, width) in [0, 1]: ``text`` in black, centred on white."""
+    from PIL import Image, ImageDraw, ImageFont
+    try:
+        font = ImageFont.load_default(size=LABEL_HEIGHT - 5)
+    except (TypeError, OSError):  # a Pillow without FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    strip = Image.new("L", (width, LABEL_HEIGHT), 255)
+    draw = ImageDraw.Draw(strip)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text(((width - (right - left)) // 2 - left, (LABEL_HEIGHT - (bottom - top)) // 2 - top), text, fill=0,
+              font=font)
+    pixels = torch.frombuffer(bytearray(strip.tobytes()), dtype=torch.uint8).reshape(LABEL_HEIGHT, width)
+    return (pixels.float() / 255).expand(channels, -1, -1)
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor, nrow: int,
+                 titles: tuple[str, str] = ("Euler", "FastFlow")) -> torch.Tensor:
+    """Two image grids next to each other, separated by a blank column, each under its title."""
     grids = [grid_image(im, nrow) for im in (left, right)]
+    grids = [torch.cat([title_strip(text, g.shape[2], g.shape[0]), g], dim=1) for text, g in zip(titles, grids)]
     gap = torch.ones(grids[0].shape[0], grids[0].shape[1], 8)
     return torch.cat([grids[0], gap, grids[1]], dim=2)
 
@@ -59,8 +88,8 @@ def prepare(args) -> Setup:
     outputs never starts. Raises ValueError or OSError naming the flag and the path."""
     device = resolve_device(args.device)
     names = ["euler", "fastflow"] if args.sampler is None else [args.sampler]
-    outputs = {"--out": args.out or ("results/euler_vs_fastflow.png" if args.sampler is None
-                                     else f"results/samples_{args.sampler}.png")}
+    outputs = {"--out": args.out or ("outputs/euler_vs_fastflow.png" if args.sampler is None
+                                     else f"outputs/samples_{args.sampler}.png")}
     for flag, path in (("--out-npz", args.out_npz), ("--report-json", args.report_json)):
         if path:
             outputs[flag] = path
@@ -116,19 +145,32 @@ def main(args) -> dict:
         velocity(x=x0[:2].to(device), t=torch.zeros(2, device=device), y=labels[:2].to(device), cfg_scale=args.cfg)
     progress = (lambda it: tqdm(it, desc="batches", leave=False)) if not args.quiet else None
 
-    runs = {}
+    runs, snapshots, calibration = {}, {}, {}
     for name, sampler in setup.samplers.items():
+        uncalibrated = getattr(sampler, "calibrated", True) is False
+        sync(device)
+        start = time.perf_counter()
         if isinstance(sampler, ff.FastFlowSampler):
             warm_up_bandit(sampler, velocity, shape, labels[:args.warmup_batch_size], args, device)
+        sync(device)
+        if uncalibrated:
+            calibration[name] = time.perf_counter() - start
+        snapshots[name] = copy.deepcopy(sampler)  # every timed run replays the state the images came from
         runs[name] = run_batched(sampler, velocity, x0, labels, args.batch_size, device, progress, cfg_scale=args.cfg)
+    timed = min(args.timing_samples, args.n)
+    comparison = time_samplers(snapshots, velocity, x0[:timed], labels[:timed], args, device)
 
     rows = []
     base = runs.get("euler")
     for name, run in runs.items():
         sampler = setup.samplers[name]
-        row = {"sampler": name, "steps": sampler.steps, "nfe": run.nfe, "sampling_seconds": run.seconds}
+        t = comparison[name]
+        row = {"sampler": name, "steps": sampler.steps, "nfe": run.nfe, "seconds": t.seconds,
+               "seconds_per_call": t.seconds_per_call, "timed_runs": t.runs, "speedup": t.speedup,
+               "measured_speedup": t.measured_speedup, "speedup_ceiling": t.ceiling}
+        if name in calibration:
+            row["calibration_seconds"] = calibration[name]
         if base is not None:
-            row["speedup"] = base.seconds / run.seconds
             if run is not base:
                 row["psnr_vs_euler"], row["ssim_vs_euler"] = fidelity(run.images, base.images)
         if setup.classifier is not None:
@@ -140,13 +182,19 @@ def main(args) -> dict:
             row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
         rows.append(row)
     print_table(rows)
+    for line in timing_notes(comparison, timed, calibration, args):
+        print(line)
 
     last = list(runs)[-1]
     nrow = min(10, args.n)
-    grid = (side_by_side(runs["euler"].images, runs["fastflow"].images, nrow) if args.sampler is None
-            else grid_image(runs[last].images, nrow))
+    if args.sampler is None:
+        titles = (f"Euler-{args.steps}, {runs['euler'].nfe:g} calls", f"FastFlow, {runs['fastflow'].nfe:g} calls")
+        grid = side_by_side(runs["euler"].images, runs["fastflow"].images, nrow, titles)
+    else:
+        grid = grid_image(runs[last].images, nrow)
     report = {**rows[-1], "n": args.n, "seed": args.seed, "cfg": args.cfg, "batch_size": args.batch_size,
-              "rows": rows, "machine": machine_info(device)}
+              "rows": rows, "timing": {**comparison.as_dict(), "samples_per_round": timed},
+              "machine": machine_info(device)}
     out = setup.outputs
     writers = {"--out": (out["--out"], lambda: write_png(grid, out["--out"]))}
     if "--out-npz" in out:
@@ -161,17 +209,63 @@ def main(args) -> dict:
     return report
 
 
+def time_samplers(snapshots: dict, velocity, x0: torch.Tensor, labels: torch.Tensor, args, device) -> Comparison:
+    """Every sampler on one batch of ``x0``: an untimed warm-up run each, then ``--timing-rounds``
+    interleaved rounds; each run starts from a fresh copy of its snapshot (made untimed), so a
+    learning policy replays the same decisions every round."""
+    xb, yb = x0.to(device), labels.to(device)
+
+    def contender(snapshot):
+        return Contender(lambda s: s.sample(velocity, xb, y=yb, cfg_scale=args.cfg).nfe,
+                         lambda: copy.deepcopy(snapshot))
+    progress = None if args.quiet else (lambda it: tqdm(it, desc="timing rounds", leave=False))
+    return compare({name: contender(s) for name, s in snapshots.items()},
+                   "euler" if "euler" in snapshots else None, rounds=args.timing_rounds, device=device,
+                   progress=progress)
+
+
+def timing_notes(comparison: Comparison, samples: int, calibration: dict, args) -> list[str]:
+    """The lines printed under the table: how it was timed, any measurement problem, calibration."""
+    lines = [f"{comparison.method()}; {samples} samples per round"]
+    if comparison.reference is not None and len(comparison.timings) > 1:
+        lines.append(f"ceiling: Euler's calls / the sampler's calls, the most it can gain at equal cost per call; "
+                     f"a speedup above {CEILING_SLACK} x ceiling is a measurement problem, not a result")
+    lines += comparison.notes()
+    for name, seconds in calibration.items():
+        lines.append(f"calibration of {name}: {seconds:.2f} s (a full {args.steps}-step run on {args.warmup_batch_size} "
+                     f"samples of other noise, and a learning policy's warm-up batches): paid once per model and "
+                     f"setting, not in the times above; --bandit-state saves it")
+    return lines
+
+
 def print_table(rows: list[dict]) -> None:
     def fmt(v, spec):
         return format(v, spec) if isinstance(v, (int, float)) else "-"
-    print(f"{'sampler':10s} {'NFE':>6s} {'wall s':>8s} {'speedup':>8s} {'PSNR dB':>8s} {'SSIM':>6s} {'acc':>6s}")
+
+    def speed(r, key):
+        if key == "speedup" and r["speedup"] is None and r["measured_speedup"] is not None:
+            return "above ceiling"
+        return "-" if r[key] is None else f"{r[key]:.2f}x"
+    print(f"{'sampler':10s} {'NFE':>6s} {'s/round':>8s} {'ms/call':>8s} {'speedup':>13s} {'ceiling':>8s} "
+          f"{'PSNR dB':>8s} {'SSIM':>6s} {'acc':>6s}")
     for r in rows:
-        print(f"{r['sampler']:10s} {r['nfe']:6.1f} {r['sampling_seconds']:8.3f} {fmt(r.get('speedup'), '8.2f')} "
-              f"{fmt(r.get('psnr_vs_euler'), '8.2f')} {fmt(r.get('ssim_vs_euler'), '6.4f')} {fmt(r.get('accuracy'), '6.3f')}")
+        print(f"{r['sampler']:10s} {r['nfe']:6.1f} {r['seconds']:8.3f} {1e3 * r['seconds_per_call']:8.1f} "
+              f"{speed(r, 'speedup'):>13s} {speed(r, 'speedup_ceiling'):>8s} {fmt(r.get('psnr_vs_euler'), '8.2f'):>8s} "
+              f"{fmt(r.get('ssim_vs_euler'), '6.4f'):>6s} {fmt(r.get('accuracy'), '6.3f'):>6s}")
+
+
+def add_timing_flags(p) -> None:
+    g = p.add_argument_group("timing (models/timing.py)")
+    g.add_argument("--timing-rounds", type=positive_int, default=5,
+                   help="interleaved timed rounds, median reported (fewer than 3 are labelled unrepeated)")
+    g.add_argument("--timing-samples", type=positive_int, default=25,
+                   help="samples per timed run: the first ones of --n, in one batch")
 
 
 def parse_args(argv=None):
-    return parse_checked(build_parser("sample.py", __doc__), argv)
+    p = build_parser("sample.py", __doc__)
+    add_timing_flags(p)
+    return parse_checked(p, argv)
 
 
 def cli(argv=None) -> int:

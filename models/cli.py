@@ -31,7 +31,14 @@ USER_ERRORS = (ValueError, OSError, KeyError, ImportError)  # ImportError: an op
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Keeps the module docstring's layout and appends "(default: ...)" to every flag's help."""
+    """Keeps the module docstring's layout and appends "(default: ...)" to every flag's help, unless
+    the help states its default itself in those words (a None default that means "look for a file",
+    say): a default is shown once."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -116,8 +116,8 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
     p.add_argument("--batch-size", type=positive_int, default=100, help="samples per sampler call")
     p.add_argument("--seed", type=seed_int, default=0, help="noise seed; labels are 0, 1, 2, ... in turn")
     p.add_argument("--class", dest="cls", type=int, default=None, help="one class for all samples")
-    p.add_argument("--out", default=None, help="PNG grid path (None: results/euler_vs_fastflow.png, or "
-                                               "results/samples_<sampler>.png with --sampler)")
+    p.add_argument("--out", default=None, help="PNG grid path (default: outputs/euler_vs_fastflow.png, or "
+                                               "outputs/samples_<sampler>.png with --sampler)")
     p.add_argument("--out-npz", default=None, help="write images (uint8, N x H x W x C) and labels to exactly "
                                                    "this path")
     p.add_argument("--report-json", default=None, help="write the table and settings as JSON here")
@@ -126,15 +126,15 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
     g = p.add_argument_group("FastFlow (first batch: a full calibration run on other noise)")
     g.add_argument("--policy", choices=list(ff.POLICIES), default=None,
                    help="how skips are chosen: the optimal plan of the calibration run, a planning bandit, or the "
-                        "paper's per-step bandit (None: plan; paper if --mu or --bandit is given)")
+                        "paper's per-step bandit (default: plan; paper if --mu or --bandit is given)")
     g.add_argument("--calls", type=positive_int, default=None,
                    help="model calls per run (exclusive with --tolerance)")
     g.add_argument("--tolerance", type=positive_float, default=None,
                    help="dimensionless: the skips may add this times Euler-T's own estimated error; fewest calls "
-                        f"that fit (None: {ff.DEFAULT_TOLERANCE:g} when --calls is not given)")
+                        f"that fit (default: {ff.DEFAULT_TOLERANCE:g} when --calls is not given)")
     g.add_argument("--mu", type=nonnegative_float, default=None,
                    help="paper policy: reward per skipped step, in units of relative velocity error "
-                        "||v_hat - v|| / ||v|| (None: calibrate as max one-step error / T)")
+                        "||v_hat - v|| / ||v|| (default: calibrate as max one-step error / T)")
     g.add_argument("--arms", type=nonnegative_int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="paper policy: the run lengths (steps skipped in a row) the bandit chooses among")
     g.add_argument("--order", type=positive_int, default=1,
@@ -155,7 +155,7 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
     g.add_argument("--refiner", default=DEFAULT_REFINER, help="FlowTurbo's velocity refiner checkpoint")
     g = p.add_argument_group("evaluation")
     g.add_argument("--classifier", default=None,
-                   help=f"digit classifier for the accuracy column (None: {DEFAULT_CLASSIFIER} if present; "
+                   help=f"digit classifier for the accuracy column (default: {DEFAULT_CLASSIFIER} if present; "
                         "a path given here must exist)")
     return p
 

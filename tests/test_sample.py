@@ -18,7 +18,7 @@ def test_one_sampler_writes_grid_npz_and_report(tmp_path):
     assert data["labels"].tolist() == [0, 1, 2, 3, 4, 5]
     r = json.loads(report.read_text())
     assert r["sampler"] == "heun" and r["steps"] == 4 and r["n"] == 6 and r["seed"] == 3
-    assert r["nfe"] == 8 and r["sampling_seconds"] > 0
+    assert r["nfe"] == 8 and r["seconds"] > 0 and r["seconds_per_call"] == pytest.approx(r["seconds"] / 8)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
