@@ -32,13 +32,14 @@ One policy for all ranks. FastFlow calibrates once (rank 0, on other noise, afte
 --bandit-state if it exists) and sends the state to every rank. Learning policies learn in
 rounds (fastflow.distributed): the N batches of a round are sampled from one state, then every
 rank applies every batch's update in batch order, so all ranks stay identical and equal to one
-process running the same rounds (fastflow.sample_round), also across a resume. Rank 0 writes
+process running the same rounds (fastflow.distributed.sample_round), also across a resume. Rank 0 writes
 --bandit-state at the end.
 
 Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -49,6 +50,8 @@ import signal
 import sys
 import time
 import uuid
+import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -58,7 +61,7 @@ from tqdm import tqdm
 import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.distributed import broadcast_state, share_updates
-from models.cli import check_writable, positive_int, run_cli
+from models.cli import check_writable, run_cli
 from models.sampling import (build_parser, build_sampler, grid_image, load_for_sampling, parse_checked, state_tag,
                              warm_up_bandit, write_json, write_png)
 
@@ -129,8 +132,84 @@ def mismatch(path: str, theirs, fp: dict) -> ShardMismatch:
                          f"or remove it")
 
 
-def read_shard(path: str, indices, fp: dict, run_id: str):
-    """A shard's (images, labels, update, nfe), or None if it is missing or corrupt (to resample).
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """What every shard of a run must hold beyond its indices: (H, W, C) uint8 images, labels
+    ``index_labels(indices, num_classes, cls)``, an nfe in [1, max_nfe]."""
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    cls: int | None
+    max_nfe: int
+
+
+def shard_spec(args, config) -> ShardSpec:
+    """The ShardSpec of a run; max_nfe is twice the sampler's steps (Heun's calls), or twice
+    FlowTurbo's block count."""
+    if args.sampler == "flowturbo":
+        from models.refiner import parse_turbo
+        max_nfe = 2 * sum(parse_turbo(args.turbo)) + 2
+    else:
+        max_nfe = 2 * args.steps
+    return ShardSpec((config.image_size, config.image_size, config.in_channels), config.num_classes, args.cls,
+                     max_nfe)
+
+
+class BadShard(Exception):
+    """What is wrong with a shard file that cannot be used (the run samples it again)."""
+
+
+META_MAX_BYTES = 16 << 20  # a shard's meta: arguments and one run's FastFlow update, a few kB
+
+
+def read_npz(path: str, expect: dict) -> dict:
+    """The arrays of an .npz, each checked before any of its body is decompressed or allocated:
+    its size in the zip directory, then the dtype and shape of its .npy header; the body is then
+    read up to its declared size (plus one byte, to catch a longer one).
+
+    Args:
+        expect: name -> (dtype, shape, max_bytes); a dtype of "U" admits any unicode string
+            dtype and a shape of None any shape, both still bounded by max_bytes.
+    Raises:
+        BadShard: saying what is wrong (members, sizes, dtypes, shapes, a truncated body).
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = sorted(i.filename for i in zf.infolist())
+            if names != sorted(f"{n}.npy" for n in expect):
+                raise BadShard(f"it holds {names}, not {sorted(f'{n}.npy' for n in expect)}")
+            out = {}
+            for name, (dtype, shape, max_bytes) in expect.items():
+                info = zf.getinfo(f"{name}.npy")
+                if info.file_size > max_bytes + 4096:  # 4096: far more than any .npy header
+                    raise BadShard(f"{name} declares {info.file_size} bytes uncompressed, more than {max_bytes}")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    have_shape, fortran, have_dtype = read_header(f)
+                    if have_dtype.hasobject or (have_dtype.kind != "U" if dtype == "U" else have_dtype != dtype):
+                        raise BadShard(f"{name} has dtype {have_dtype}, not {dtype}")
+                    if shape is not None and tuple(have_shape) != tuple(shape):
+                        raise BadShard(f"{name} has shape {tuple(have_shape)}, not {tuple(shape)}")
+                    nbytes = math.prod(have_shape) * have_dtype.itemsize
+                    if nbytes > max_bytes:
+                        raise BadShard(f"{name} declares {nbytes} bytes, more than {max_bytes}")
+                    body = f.read(nbytes + 1)
+                    if len(body) != nbytes:
+                        raise BadShard(f"{name} holds {len(body)}{'+' if len(body) > nbytes else ''} bytes, its "
+                                       f"header says {nbytes}")
+                    out[name] = np.frombuffer(body, have_dtype).reshape(have_shape, order="F" if fortran else "C")
+            return out
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, NotImplementedError, RuntimeError) as e:
+        raise BadShard(f"not a readable .npz ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def read_shard(path: str, indices, fp: dict, run_id: str, spec: ShardSpec):
+    """A shard's (images, labels, update, nfe) if it is a valid shard of this run; None if it is
+    missing; a string saying what is wrong if it cannot be used (to sample it again). Valid means:
+    the members, dtypes and shapes of the run (checked before decompressing anything), its
+    indices, labels ``index_labels(indices)``, an nfe in [1, spec.max_nfe], an update that is a
+    mapping or None.
 
     Raises:
         ShardMismatch: for a readable shard written with other arguments, naming them, or by
@@ -138,23 +217,38 @@ def read_shard(path: str, indices, fp: dict, run_id: str):
     """
     if not os.path.exists(path):
         return None
+    n = len(indices)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            images, labels, idx = z["images"], z["labels"], z["indices"]
-            meta = json.loads(str(z["meta"]))
-    except Exception:  # truncated zip, bad header, missing key, bad JSON: resample it
-        return None
-    if meta.get("format") != SHARD_FORMAT:
-        return None
+        z = read_npz(path, {"images": (np.dtype(np.uint8), (n, *spec.image_shape), n * math.prod(spec.image_shape)),
+                            "labels": (np.dtype(np.int64), (n,), 8 * n), "indices": (np.dtype(np.int64), (n,), 8 * n),
+                            "meta": ("U", (), META_MAX_BYTES)})
+    except BadShard as e:
+        return str(e)
+    try:
+        meta = json.loads(str(z["meta"]))
+    except (ValueError, RecursionError):
+        return "its meta is not JSON"
+    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
+        return f"its meta is not a {SHARD_FORMAT} record"
     if meta.get("args") != fp:
         raise mismatch(path, meta.get("args"), fp)
     if meta.get("run") != run_id:
         raise ShardMismatch(f"{path} was written by another run (run id {meta.get('run')!r}, this folder's is "
                             f"{run_id!r}); remove it to sample it again")
-    if (idx.tolist() != list(indices) or images.dtype != np.uint8 or images.ndim != 4
-            or images.shape[0] != len(idx) or labels.shape != (len(idx),)):
-        return None
-    return images, torch.from_numpy(labels), meta.get("update"), meta.get("nfe")
+    if z["indices"].tolist() != list(indices):
+        return f"its indices are not {indices.start}..{indices.stop - 1}"
+    want = index_labels(indices, spec.num_classes, spec.cls).numpy()
+    if not np.array_equal(z["labels"], want):
+        bad = int(np.flatnonzero(z["labels"] != want)[0])
+        return f"label {int(z['labels'][bad])} of index {indices[bad]} should be {int(want[bad])}"
+    nfe = meta.get("nfe")
+    if (isinstance(nfe, bool) or not isinstance(nfe, (int, float)) or not math.isfinite(nfe) or nfe != int(nfe)
+            or not 1 <= nfe <= spec.max_nfe):
+        return f"its nfe {nfe!r} is not a call count in [1, {spec.max_nfe}]"
+    update = meta.get("update")
+    if update is not None and not isinstance(update, dict):
+        return f"its FastFlow update is a {type(update).__name__}, not a mapping"
+    return z["images"], torch.from_numpy(z["labels"].copy()), update, int(nfe)
 
 
 def setup_distributed(args):
@@ -177,6 +271,10 @@ def main(args) -> dict:
     rank, world, device = setup_distributed(args)
     try:
         return run(args, rank, world, device)
+    except dist.DistError as e:  # a collective that failed or timed out: say so in one line, on this rank
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"rank {rank}: waiting for the other processes failed ({first[:300]}): one of them died "
+                         f"or took longer than --timeout {args.timeout} s") from None
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -312,25 +410,48 @@ def load(args, device):
     return model, config, build_sampler(args.sampler, args, refiner)
 
 
+STATE0_MAX_BYTES = 256 << 20  # a calibration table of T^2 (p + 1) floats: T = 1000 fits
+
+
+def read_state0(path: str):
+    """state0.json as {"args", "run", "state"} (a dict), or a string saying why it cannot be used.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    size = os.path.getsize(path)
+    if size > STATE0_MAX_BYTES:
+        return f"{size} bytes, more than a state ever takes ({STATE0_MAX_BYTES})"
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        return f"not JSON: {type(e).__name__}"
+    if not isinstance(saved, dict) or not {"args", "run", "state"} <= set(saved) or not isinstance(saved["state"],
+                                                                                                   dict):
+        return "not a mapping with args, run and state"
+    return saved
+
+
 def calibrate(sampler, args, fp, run_id, shard_dir, velocity, shape, num_classes, device) -> None:
     """Rank 0: the state this run's shards were made with, if there is one; else --bandit-state
     (if it exists) and the calibration and warm-up runs on other noise, saved for a resume."""
     state0 = os.path.join(shard_dir, "state0.json")
     if os.path.exists(state0):
-        try:
-            with open(state0) as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
-            saved = None
-            print(f"sample_ddp.py: {state0} is corrupt: calibrating again", file=sys.stderr)
-        if saved is not None:
-            if saved.get("args") != fp:
-                raise mismatch(state0, saved.get("args"), fp)
-            if saved.get("run") != run_id:
-                raise ShardMismatch(f"{state0} was written by another run (run id {saved.get('run')!r}, this "
+        saved = read_state0(state0)
+        if isinstance(saved, dict):
+            if saved["args"] != fp:
+                raise mismatch(state0, saved["args"], fp)
+            if saved["run"] != run_id:
+                raise ShardMismatch(f"{state0} was written by another run (run id {saved['run']!r}, this "
                                     f"folder's is {run_id!r}); remove it to calibrate again")
-            sampler.load_state_dict(saved["state"])
+            try:
+                sampler.load_state_dict(saved["state"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{state0}: its FastFlow state is refused ({' '.join(str(e).split())}); remove it "
+                                 f"to calibrate again") from None
             return
+        print(f"sample_ddp.py: {state0} is corrupt ({saved}): calibrating again", file=sys.stderr)
     if args.bandit_state and os.path.exists(args.bandit_state):
         sampler.load_state(args.bandit_state, tag=state_tag(args))
     labels = index_labels(range(args.warmup_batch_size), num_classes, args.cls)
@@ -353,6 +474,7 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
     run_id = run_id[0]
     shape = (config.in_channels, config.image_size, config.image_size)
     velocity = model.forward_with_cfg
+    spec = shard_spec(args, config)
     if isinstance(sampler, ff.FastFlowSampler):  # calibrate once, on rank 0; every rank gets its state
         agree(world, calibrate if rank == 0 else (lambda *a: None), sampler, args, fp, run_id, shard_dir, velocity,
               shape, config.num_classes, device)
@@ -368,14 +490,15 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
         update, nfe = None, None
         indices = range(j * B, min((j + 1) * B, n)) if j < batches else range(0)
         path = shard_path(shard_dir, j)
-        found = agree(world, read_shard, path, indices, fp, run_id) if j < batches else agree(world, lambda: None)
+        found = agree(world, read_shard, path, indices, fp, run_id, spec) if j < batches else agree(world, lambda: None)
         if j < batches:
-            if found is not None:
+            if isinstance(found, tuple):
                 _, _, update, nfe = found
             else:
-                if os.path.exists(path):
+                if found is not None:
                     resampled.append(path)
-                    print(f"sample_ddp.py: {path} is corrupt or incomplete: sampling it again", file=sys.stderr)
+                    print(f"sample_ddp.py: {path} is corrupt or incomplete ({found}): sampling it again",
+                          file=sys.stderr)
                 x0 = index_noise(indices, shape, args.seed).to(device)
                 y = index_labels(indices, config.num_classes, args.cls)
                 start = time.perf_counter()
@@ -392,10 +515,15 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
                 mine += len(indices)
                 crash_for_test(rank, mine)
             nfes.append(nfe)
-        if world > 1:
-            share_updates(sampler, update)
-        elif isinstance(sampler, ff.FastFlowSampler):
-            sampler.apply_updates([update])
+        try:  # every rank applies the same updates: a refused one fails on every rank alike
+            if world > 1:
+                share_updates(sampler, update)
+            elif isinstance(sampler, ff.FastFlowSampler):
+                sampler.apply_updates([update])
+        except ValueError as e:
+            paths = ", ".join(shard_path(shard_dir, k) for k in range(q * world, min((q + 1) * world, batches)))
+            raise ValueError(f"the FastFlow updates of {paths} are refused ({' '.join(str(e).split())}); remove "
+                             f"those shards to sample them again") from None
         bar.update(min(n, (q + 1) * world * B) - bar.n)
     bar.close()
 
@@ -406,36 +534,42 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
         dist.all_gather(per_rank, stats.to(device) if device.type == "cuda" else stats)
         per_rank = [s.cpu() for s in per_rank]
         dist.barrier()  # every shard is on disk
-    report = {}
-    if rank == 0:
-        images, labels = merge(shard_dir, n, B, fp, run_id)
-        atomic_write(args.out_npz, lambda f: np.savez(f, arr_0=images, arr_1=labels))
-        report = make_report(args, per_rank, world, resampled, device)
-        if args.out:
-            grid = grid_image(torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1,
-                              min(10, len(images)))
-            write_png(grid, args.out)
-        if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state:
-            sampler.save_state(args.bandit_state, tag=state_tag(args))
-        if args.report_json:
-            write_json(report, args.report_json)
-        if not args.keep_shards:
-            release_shard_dir(shard_dir)
-        print(f"wrote {args.out_npz}: {n} images, {report['images_per_second']:.2f} images/s on {world} "
-              f"process(es), mean NFE {report['nfe']:.2f}")
-    if world > 1:
-        dist.barrier()
+    # Rank 0 merges and writes; its error, if any, is every rank's (the others wait for it here).
+    return agree(world, finish if rank == 0 else (lambda *a: {}), args, sampler, shard_dir, fp, run_id, spec,
+                 per_rank, world, resampled, device)
+
+
+def finish(args, sampler, shard_dir, fp, run_id, spec, per_rank, world, resampled, device) -> dict:
+    """Rank 0: merge the shards into --out-npz, write the other outputs, then delete the shards."""
+    n = args.n
+    images, labels = merge(shard_dir, n, args.batch_size, fp, run_id, spec)
+    atomic_write(args.out_npz, lambda f: np.savez(f, arr_0=images, arr_1=labels))
+    report = make_report(args, per_rank, world, resampled, device)
+    if args.out:
+        grid = grid_image(torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1,
+                          min(10, len(images)))
+        write_png(grid, args.out)
+    if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state:
+        sampler.save_state(args.bandit_state, tag=state_tag(args))
+    if args.report_json:
+        write_json(report, args.report_json)
+    if not args.keep_shards:
+        release_shard_dir(shard_dir)
+    print(f"wrote {args.out_npz}: {n} images, {report['images_per_second']:.2f} images/s on {world} "
+          f"process(es), mean NFE {report['nfe']:.2f}")
     return report
 
 
-def merge(shard_dir: str, n: int, B: int, fp: dict, run_id: str):
-    """Every shard of the run, checked: each index in [0, n) exactly once, in order."""
+def merge(shard_dir: str, n: int, B: int, fp: dict, run_id: str, spec: ShardSpec):
+    """Every shard of the run, checked (``read_shard``): each index in [0, n) exactly once, in order."""
     images, labels, seen = [], [], []
     for j in range(math.ceil(n / B)):
         indices = range(j * B, min((j + 1) * B, n))
-        found = read_shard(shard_path(shard_dir, j), indices, fp, run_id)
-        if found is None:
-            raise ValueError(f"{shard_path(shard_dir, j)} is missing or corrupt after sampling; rerun to resume")
+        path = shard_path(shard_dir, j)
+        found = read_shard(path, indices, fp, run_id, spec)
+        if not isinstance(found, tuple):
+            raise ValueError(f"{path} is {'missing' if found is None else f'corrupt ({found})'} after sampling; "
+                             f"rerun to sample it again")
         images.append(found[0])
         labels.append(found[1].numpy())
         seen.extend(indices)
@@ -468,6 +602,22 @@ def crash_for_test(rank: int, done: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+TIMEOUT_RANGE = (10, 7 * 24 * 3600)  # below: calibration alone outlasts it; above: the backends overflow
+
+
+def timeout_seconds(text: str) -> int:
+    """argparse type: --timeout, an integer number of seconds in TIMEOUT_RANGE."""
+    import argparse
+    low, high = TIMEOUT_RANGE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer number of seconds, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected seconds in [{low}, {high}], got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
     p = build_parser("sample_ddp.py", __doc__)
     p.set_defaults(sampler="fastflow")
@@ -476,8 +626,9 @@ def parse_args(argv=None):
                         "(None: <--out-npz>.shards)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out-npz")
     p.add_argument("--keep-shards", action="store_true", help="keep the shards after merging")
-    p.add_argument("--timeout", type=positive_int, default=600,
-                   help="seconds a collective may wait for the other ranks before the run fails")
+    p.add_argument("--timeout", type=timeout_seconds, default=600,
+                   help=f"seconds a collective may wait for the other ranks before the run fails, "
+                        f"{TIMEOUT_RANGE[0]} to {TIMEOUT_RANGE[1]} (a week)")
     args = parse_checked(p, argv)
     if not args.out_npz:
         p.error("--out-npz is required")

@@ -13,9 +13,11 @@ data sit at t = 1 and Gaussian noise at t = 0.
 
 import glob
 import gzip
+import math
 import os
 import pickle
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,9 +61,10 @@ class ImageTensorDataset(Dataset):
             images = images.copy()  # np.frombuffer / np.load give read-only arrays
         self.images = torch.as_tensor(images)
         self.labels = torch.as_tensor(np.array(labels, dtype=np.int64))
-        assert self.images.dtype == torch.uint8 and self.images.ndim == 4, (
-            f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        assert len(self.images) == len(self.labels), f"{len(self.images)} images but {len(self.labels)} labels"
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
         self.image_size = image_size
 
     def __len__(self):
@@ -74,24 +77,71 @@ class ImageTensorDataset(Dataset):
 # ---------------------------------------------------------------- MNIST
 
 
-def read_idx(path: str) -> np.ndarray:
+IDX_MAGIC = {2051: "images", 2049: "labels"}  # 0x0803: uint8 in 3 dimensions, 0x0801: in 1
+IDX_NDIM = {"images": 3, "labels": 1}
+GZIP_MAX_RATIO = 1032  # deflate expands at most 1032:1, so a .gz of S bytes holds at most 1032 S
+
+
+def read_idx(path: str, kind: str | None = None) -> np.ndarray:
     """Read an idx file (optionally .gz): magic 2051 = images (N, rows, cols), 2049 = labels (N,).
 
-    Header: big-endian int32 magic, then one big-endian int32 per dimension; data uint8.
+    Header: big-endian int32 magic, then one big-endian int32 per dimension; data uint8. The size
+    the header declares is checked against the file before the body is read (a .gz file: against
+    what its size can hold, and at most that size plus one byte is decompressed), so a small file
+    cannot make a large allocation.
+
+    Args:
+        kind: "images" or "labels" to refuse the other kind (None: either).
+    Raises:
+        ValueError: naming the file: a bad magic number or the other kind, a header cut short, a
+            negative or zero dimension, a body of another size than the header says, a corrupt
+            .gz.
     """
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    magic = int.from_bytes(raw[0:4], "big")
-    ndim = {2051: 3, 2049: 1}.get(magic)
-    if ndim is None:
-        raise ValueError(f"{path}: bad idx magic number {magic} (expected 2051 images or 2049 labels)")
-    dims = [int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)]
-    offset = 4 + 4 * ndim
-    data = np.frombuffer(raw, dtype=np.uint8, offset=offset)
-    if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} = {int(np.prod(dims))} bytes but found {data.size}")
-    return data.reshape(dims)
+    gz = path.endswith(".gz")
+    size = os.path.getsize(path)
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise ValueError(f"{path}: {len(head)} bytes{' decompressed' if gz else ''}, too short for an idx "
+                                 f"header")
+            magic = int.from_bytes(head, "big")
+            if magic not in IDX_MAGIC:
+                raise ValueError(f"{path}: bad idx magic number {magic} (expected 2051 images or 2049 labels)")
+            if kind is not None and IDX_MAGIC[magic] != kind:
+                raise ValueError(f"{path} is an idx {IDX_MAGIC[magic]} file (magic {magic}), expected {kind} "
+                                 f"(magic {next(m for m, k in IDX_MAGIC.items() if k == kind)})")
+            ndim = IDX_NDIM[IDX_MAGIC[magic]]
+            raw = f.read(4 * ndim)
+            if len(raw) < 4 * ndim:
+                raise ValueError(f"{path}: idx header cut short ({4 + len(raw)} of {4 + 4 * ndim} bytes)")
+            dims = [int.from_bytes(raw[4 * i:4 * i + 4], "big", signed=True) for i in range(ndim)]
+            if min(dims) < 0:
+                raise ValueError(f"{path}: the idx header has a negative dimension {dims}")
+            if dims[0] == 0:
+                raise ValueError(f"{path}: holds no {IDX_MAGIC[magic]} (idx header {dims})")
+            if min(dims) == 0:
+                raise ValueError(f"{path}: the idx header declares empty images {dims}")
+            body = math.prod(dims)
+            header = 4 + 4 * ndim
+            if not gz and size - header != body:
+                raise ValueError(f"{path}: header says {dims} = {body} bytes but the file holds {size - header} "
+                                 f"after the header")
+            if gz and body > GZIP_MAX_RATIO * size:
+                raise ValueError(f"{path}: header says {dims} = {body} bytes, more than a {size}-byte .gz file "
+                                 f"can hold")
+            data = bytearray()
+            while len(data) <= body:  # in pieces: never more than body + 1 bytes, whatever the stream holds
+                piece = f.read(min(1 << 20, body + 1 - len(data)))
+                if not piece:
+                    break
+                data += piece
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable .gz file ({type(e).__name__}: {e})") from None
+    if len(data) != body:
+        found = f"more than {body}" if len(data) > body else str(len(data))
+        raise ValueError(f"{path}: header says {dims} = {body} bytes but found {found}")
+    return np.frombuffer(bytes(data), dtype=np.uint8).reshape(dims)
 
 
 def _find(root: str, stem: str) -> str | None:
@@ -101,13 +151,28 @@ def _find(root: str, stem: str) -> str | None:
     return None
 
 
+def check_mnist(images: np.ndarray, labels: np.ndarray, img: str, lab: str) -> None:
+    """Images and labels that belong together: as many of each, square images, digits 0..9.
+
+    Raises:
+        ValueError: naming the file at fault.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"{img} holds {len(images)} images but {lab} holds {len(labels)} labels")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"{img}: images are {images.shape[1]}x{images.shape[2]}; the model needs square images")
+    if labels.max() > 9:
+        raise ValueError(f"{lab}: MNIST labels are digits 0..9, found {int(labels.max())}")
+
+
 def build_mnist(root, train, download, image_size):
     prefix = "train" if train else "t10k"
     raw_dirs = [root, os.path.join(root, "MNIST", "raw")]
     for d in raw_dirs:
         img, lab = _find(d, f"{prefix}-images-idx3-ubyte"), _find(d, f"{prefix}-labels-idx1-ubyte")
         if img and lab:
-            images, labels = read_idx(img), read_idx(lab)
+            images, labels = read_idx(img, "images"), read_idx(lab, "labels")
+            check_mnist(images, labels, img, lab)
             break
     else:
         if not download:

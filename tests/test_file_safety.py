@@ -253,3 +253,152 @@ def test_the_lock_is_held_for_the_run_and_refused_in_process(mnist_root, tmp_pat
     training.train(train_args(mnist_root, tmp_path / "run"))
     assert seen and seen[0].startswith(f"pid {os.getpid()} on ")
     assert not (tmp_path / "run" / ".train.lock").exists()
+
+
+# ---------------------------------------------------------------- shards read back
+
+
+def rewrite_shard(path, **changes):
+    """Rewrite a shard's arrays; ``meta`` may be a dict (updated) or a raw string (replaced)."""
+    import numpy as np
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = changes.pop("meta", {})
+    if isinstance(meta, dict):
+        arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), **meta}))
+    else:
+        arrays["meta"] = np.array(meta)
+    arrays.update(changes)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.fixture(scope="module")
+def kept_run(tmp_path_factory):
+    """A run with its shards kept: (folder, argv to rerun it, its images)."""
+    import numpy as np
+    d = tmp_path_factory.mktemp("kept")
+    argv = [*FAST, "--out-npz", str(d / "a.npz"), "--shard-dir", str(d / "shards"), "--keep-shards"]
+    main(parse_args(argv))
+    with np.load(d / "a.npz") as z:
+        images = z["arr_0"]
+    return d, argv, images, (d / "shards" / "shard_000001.npz").read_bytes()
+
+
+def labels_plus_one(z):
+    return {"labels": z["labels"] + 1}
+
+
+@pytest.mark.parametrize("forge, reason", [
+    (labels_plus_one, "label 3 of index 2 should be 2"),
+    (lambda z: {"images": z["images"][:, :14, :14]}, "images has shape (2, 14, 14, 1), not (2, 28, 28, 1)"),
+    (lambda z: {"images": z["images"].astype("int8")}, "images has dtype int8, not uint8"),
+    (lambda z: {"indices": z["indices"] + 2}, "its indices are not 2..3"),
+    (lambda z: {"meta": {"nfe": 1e300}}, "its nfe 1e+300 is not a call count in [1, 4]"),
+    (lambda z: {"meta": {"nfe": None}}, "its nfe None is not a call count in [1, 4]"),
+    (lambda z: {"meta": {"update": [1]}}, "its FastFlow update is a list, not a mapping"),
+    (lambda z: {"meta": "[1, 2]"}, "its meta is not a fastflow-sample-shard record"),
+    (lambda z: {"meta": "null"}, "its meta is not a fastflow-sample-shard record"),
+    (lambda z: {"meta": "abc"}, "its meta is not JSON"),
+    (lambda z: {"extra": z["labels"]}, "it holds ['extra.npy', 'images.npy', 'indices.npy', 'labels.npy', "
+                                       "'meta.npy'], not"),
+], ids=["labels", "image-size", "dtype", "indices", "nfe", "no-nfe", "update", "meta-list", "meta-null",
+        "meta-text", "extra-member"])
+def test_a_forged_shard_is_sampled_again_not_merged(kept_run, forge, reason, capsys):
+    import numpy as np
+    d, argv, images, good = kept_run
+    shard = d / "shards" / "shard_000001.npz"
+    shard.write_bytes(good)
+    with np.load(shard) as z:
+        changes = forge(z)
+    rewrite_shard(shard, **changes)
+    capsys.readouterr()
+    report = main(parse_args([*argv, "--overwrite"]))
+    assert f"{shard} is corrupt or incomplete ({reason}" in capsys.readouterr().err
+    assert report["resampled_shards"] == [str(shard)] and report["nfe"] == 2
+    with np.load(d / "a.npz") as z:
+        assert np.array_equal(z["arr_0"], images) and z["arr_1"].tolist() == [0, 1, 2, 3]
+
+
+def test_a_shard_of_another_run_with_its_args_copied_in_is_refused(kept_run, tmp_path):
+    import numpy as np
+    d, argv, _, good = kept_run
+    (d / "shards" / "shard_000001.npz").write_bytes(good)
+    main(parse_args([*FAST, "--seed", "1", "--out-npz", str(tmp_path / "b.npz"), "--shard-dir",
+                     str(tmp_path / "other"), "--keep-shards"]))
+    foreign = tmp_path / "other" / "shard_000001.npz"
+    with np.load(d / "shards" / "shard_000001.npz") as z:
+        args = json.loads(str(z["meta"]))["args"]
+    rewrite_shard(foreign, meta={"args": args})  # the seed-1 images with this run's arguments
+    (d / "shards" / "shard_000001.npz").write_bytes(foreign.read_bytes())
+    with pytest.raises(ValueError, match=r"shard_000001.npz was written by another run \(run id '[0-9a-f]{32}', "
+                                         r"this folder's is '[0-9a-f]{32}'\); remove it to sample it again"):
+        main(parse_args([*argv, "--overwrite"]))
+    (d / "shards" / "shard_000001.npz").write_bytes(good)
+
+
+def test_a_compressed_shard_is_never_decompressed_past_its_declared_size(kept_run, tmp_path):
+    """A 64 MB deflated member (64 kB on disk) where 1568 bytes belong: refused from the zip
+    directory, before any of it is decompressed; a header declaring 10^12 bytes likewise."""
+    import tracemalloc
+    import zipfile
+
+    import numpy as np
+    from sample_ddp import ShardSpec, read_shard
+    d, _, _, good = kept_run
+    shard = d / "shards" / "shard_000001.npz"
+    marker = json.loads((d / "shards" / MARKER).read_text())
+    spec = ShardSpec((28, 28, 1), 10, None, 4)
+    shard.write_bytes(good)
+    assert isinstance(read_shard(str(shard), range(2, 4), marker["args"], marker["run"], spec), tuple)
+    with np.load(shard) as z:
+        arrays = {k: z[k] for k in z.files}
+    for name, header_shape, body in [("bomb.npz", (2, 28, 28, 1), 64 << 20), ("liar.npz", (10 ** 6, 28, 28, 1), 16)]:
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for key in ("labels", "indices", "meta"):
+                with zf.open(f"{key}.npy", "w") as f:
+                    np.lib.format.write_array(f, arrays[key])
+            with zf.open("images.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
+                                                         "shape": header_shape})
+                for _ in range(0, body, 1 << 20):
+                    f.write(bytes(min(1 << 20, body)))
+        assert path.stat().st_size < 200_000
+        tracemalloc.start()
+        found = read_shard(str(path), range(2, 4), marker["args"], marker["run"], spec)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert found == {"bomb.npz": f"images declares {(64 << 20) + 128} bytes uncompressed, more than 1568",
+                         "liar.npz": "images has shape (1000000, 28, 28, 1), not (2, 28, 28, 1)"}[name]
+        assert peak < 2 << 20, peak
+
+
+# ---------------------------------------------------------------- idx files read back
+
+
+def test_an_idx_gz_is_never_read_past_its_header(tmp_path):
+    """64 digits and 64 MB of zeros in a 200 kB .gz: at most the header's 64 x 784 bytes + 1 are
+    decompressed. A header declaring 10^9 digits in a small .gz is refused before reading."""
+    import gzip
+    import tracemalloc
+
+    from models.data import read_idx
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write((2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (64, 28, 28)))
+        for _ in range(65):
+            f.write(bytes(1 << 20))
+    assert path.stat().st_size < 300_000
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=rf"{path}: header says \[64, 28, 28\] = 50176 bytes but found more than "
+                                         r"50176"):
+        read_idx(str(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20, peak
+    with gzip.open(path, "wb") as f:
+        f.write((2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (10 ** 9, 28, 28)))
+    with pytest.raises(ValueError, match=r"header says \[1000000000, 28, 28\] = 784000000000 bytes, more than a "
+                                         r"\d+-byte .gz file can hold"):
+        read_idx(str(path))

@@ -112,7 +112,8 @@ def test_bad_input_and_damaged_shards(one_process, tmp_path, capsys):
     shard.write_bytes(shard.read_bytes()[:100])  # truncated
     capsys.readouterr()
     report = main(parse_args([*keep, "--overwrite"]))
-    assert f"{shard} is corrupt or incomplete: sampling it again" in capsys.readouterr().err
+    assert (f"{shard} is corrupt or incomplete (not a readable .npz (BadZipFile: File is not a zip file)): sampling "
+            f"it again") in capsys.readouterr().err
     assert report["resampled_shards"] == [str(shard)] and report["images_sampled_here"] == 3
     assert np.array_equal(load(out)[0], images)
 
