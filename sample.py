@@ -34,7 +34,7 @@ from fastflow.metrics import classifier_accuracy
 from models.cli import check_writable, positive_int, resolve_device, run_cli
 from models.evaluation import (DEFAULT_CLASSIFIER, balanced_labels, fidelity, machine_info, make_noise, run_batched,
                                sync)
-from models.sampling import (build_parser, build_sampler, grid_image, load_for_sampling, parse_checked, state_tag,
+from models.sampling import (build_parser, build_sampler, calibrates, grid_image, load_for_sampling, parse_checked, state_tag,
                              warm_up_bandit, write_json, write_png)
 from models.timing import CEILING_SLACK, Comparison, Contender, compare
 
@@ -103,7 +103,7 @@ def prepare(args) -> Setup:
     model, config, refiner = load_for_sampling(args, device)
     samplers = {name: build_sampler(name, args, refiner) for name in names}
     for sampler in samplers.values():
-        if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state and os.path.exists(args.bandit_state):
+        if calibrates(sampler) and args.bandit_state and os.path.exists(args.bandit_state):
             sampler.load_state(args.bandit_state, tag=state_tag(args))
 
     classifier = None
@@ -150,7 +150,7 @@ def main(args) -> dict:
         uncalibrated = getattr(sampler, "calibrated", True) is False
         sync(device)
         start = time.perf_counter()
-        if isinstance(sampler, ff.FastFlowSampler):
+        if calibrates(sampler):
             warm_up_bandit(sampler, velocity, shape, labels[:args.warmup_batch_size], args, device)
         sync(device)
         if uncalibrated:
@@ -175,10 +175,10 @@ def main(args) -> dict:
                 row["psnr_vs_euler"], row["ssim_vs_euler"] = fidelity(run.images, base.images)
         if setup.classifier is not None:
             row["accuracy"] = classifier_accuracy(setup.classifier, run.images, labels)
-        if isinstance(sampler, ff.FastFlowSampler):
+        if calibrates(sampler):
             row.update(policy=sampler.policy_name, calls_target=sampler.calls_target, mu=sampler.mu)
-        if isinstance(sampler, ff.FlowTurboSampler):
-            row["turbo"] = f"H{sampler.heun}P{sampler.pseudo}R{sampler.refine}"
+        if "refiner_calls" in run.results[0].info:  # FlowTurbo
+            row["turbo"] = run.results[0].info["config"]
             row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
         rows.append(row)
     print_table(rows)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
 from models.cli import OneLineParser, check_writable, nonnegative_int, positive_int, run_cli  # noqa: E402
+from models.sampling import calibrates  # noqa: E402
 
 T = 50
 
@@ -124,7 +125,7 @@ def prepared(w, make, warmup):
     """A FastFlow sampler calibrated on warm-up batch 0, then run on batches 1..warmup."""
     s = make()
     extras, x = w.warm(0)
-    s.sample(w.velocity, x, **extras)
+    s.calibrate(w.velocity, x, **extras)
     skips = []
     for i in range(1, warmup + 1 if s.policy_name != "plan" else 1):
         extras, x = w.warm(i)
@@ -153,7 +154,7 @@ def configs(budgets, order):
                  ("FastFlow paper bandit, budget", K, lambda K=K: ff.FastFlowSampler(T, calls=K, policy="paper")),
                  ("FastFlow plan, AB2 base", K, lambda K=K: ff.FastFlowSampler(T, calls=K, order=order, base="ab2")),
                  (VARIABLE_AB2, K, lambda K=K: ff.FastFlowSampler(T, calls=K, order=order, base="ab2"))]
-    rows += [("Static every other step", None, lambda: ff.ExtrapolatedEulerSampler(T, ff.static_skip_schedule(T))),
+    rows += [("Static every other step", None, lambda: ff.ExtrapolatedEulerSampler(T, ff.caching.static_skip_schedule(T))),
              ("FastFlow default", None, lambda: ff.FastFlowSampler(T)),
              ("FastFlow paper config", None, lambda: ff.FastFlowSampler.paper(T))]
     return rows
@@ -173,7 +174,7 @@ def evaluate(w, args):
     for label, K, make in tqdm(configs(args.budgets, args.order), desc=w.name):
         sampler = make()
         settled = None
-        if isinstance(sampler, ff.FastFlowSampler):
+        if calibrates(sampler):
             sampler, settled = prepared(w, make, args.warmup)
             if label == VARIABLE_AB2:
                 sampler, settled = plan_grid_ab2(sampler), None

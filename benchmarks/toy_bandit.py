@@ -60,7 +60,7 @@ def run(setting, args):
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     return {"setting": setting, "mu": sampler.mu, "mean_nfe": mean(nfe), "rms_dev_vs_euler50": mean(dev),
             "euler_same_nfe_rms_dev": mean(euler_dev),
-            "tv_from_uniform": tv_from_uniform(decisions, sampler.arms, T),
+            "tv_from_uniform": tv_from_uniform(decisions, sampler.spec.arms, T),
             "mean_arm": mean([m for _, m in decisions]) if decisions else 0.0}
 
 

@@ -21,6 +21,8 @@ scale=1000.0, x_arg="hidden_states", t_arg="timestep")`` states one by hand.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
@@ -56,8 +58,8 @@ class Convention:
             raise ValueError(f"noise_at must be 0 or 1, got {self.noise_at!r}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        if not self.scale > 0:
-            raise ValueError(f"scale must be > 0, got {self.scale!r}")
+        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")
 
 
 CONVENTIONS = {

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import checks
+
 __all__ = ["Bandit", "UCB1", "EpsilonGreedy", "GaussianThompson", "BANDITS", "make_bandit", "ErrorTableUCB"]
 
 
@@ -64,7 +66,7 @@ class Bandit:
         return arms
 
     def _check_arm(self, a: int) -> None:
-        if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < self.n_arms:
+        if not checks.is_int(a) or not 0 <= a < self.n_arms:
             raise IndexError(f"arm {a!r} out of range for {self.n_arms} arms")
 
     def select(self, available: Optional[Sequence[int]] = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from . import checks
 from .extrapolate import History, check_order
 from .solvers import EulerSampler
 
@@ -44,11 +45,17 @@ class TeaCacheSampler(EulerSampler):
         ValueError: for a threshold < 0 (or NaN).
     """
 
+    keeps_outputs = True  # the cached velocity
+
     def __init__(self, steps: Optional[int] = None, threshold: float = 0.1, *, times=None):
         super().__init__(steps, times=times)
         if not threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         self.threshold = threshold
+
+    def expected_calls(self) -> None:
+        """None: how many steps reuse the cache depends on the data."""
+        return None
 
     def start(self, field):
         """The run state: the cached velocity, the previous x, the accumulator, the reads made."""
@@ -103,11 +110,11 @@ class TaylorSeerSampler(EulerSampler):
         ValueError: for an ``interval`` or ``order`` that is not an int >= 1.
     """
 
+    keeps_outputs = True  # the history it extrapolates from
+
     def __init__(self, steps: Optional[int] = None, interval: int = 3, order: int = 2, *, times=None):
         super().__init__(steps, times=times)
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval must be an int >= 1, got {interval!r}")
-        self.interval = interval
+        self.interval = checks.int_in("interval", interval, 1)
         self.order = check_order(order)
 
     def start(self, field):
@@ -127,8 +134,8 @@ class TaylorSeerSampler(EulerSampler):
         field.mark_skipped(k)
         return history.extrapolate(field.t(k), min(self.order, len(history) - 1))
 
-    def calls(self) -> int:
-        """Model calls per run."""
+    def expected_calls(self) -> int:
+        """Model calls per run: steps 0..p and every ``interval``-th step."""
         return sum(1 for k in range(self.steps) if k <= self.order or k % self.interval == 0)
 
     def __repr__(self):

@@ -22,7 +22,6 @@ extrapolation is unchanged by an affine change of time.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,27 +29,18 @@ from typing import Optional, Sequence
 
 import torch
 
-from .atomic import atomic_write
-from .bandit import BANDITS, make_bandit
-from .errors import TableRecorder, relative_error, table_shape
-from .extrapolate import History, check_order
-from .plan import min_calls, plan_cost, plan_skips, planned_costs
-from .policy import Observation, PaperBanditPolicy, PlanningBanditPolicy, PlanPolicy, SkipPolicy
+from . import checks
+from .errors import TableRecorder, relative_error
+from .extrapolate import History
+from .persist import STATE_FORMAT, STATE_VERSION, Calibration, calls_target, check_header, load_state_file, save_json
+from .plan import min_calls, plan_cost
+from .policy import Observation, SkipPolicy
+from .specs import DEFAULT_MAX_RUN, POLICIES, PolicySpec, policy_spec
 
 __all__ = ["SkipController", "SkipRun", "POLICIES", "DEFAULT_TOLERANCE", "DEFAULT_MAX_RUN", "STATE_FORMAT",
            "STATE_VERSION"]
 
-STATE_FORMAT = "fastflow-bandit-state"
-STATE_VERSION = 2
-POLICIES = ("plan", "bandit", "paper")
 DEFAULT_TOLERANCE = 1.0
-DEFAULT_MAX_RUN = 6
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
-    return value
 
 
 def _weights(weights: Optional[Sequence[float]]) -> Optional[list]:
@@ -140,88 +130,58 @@ class SkipRun:
 class SkipController:
     """FastFlow's policy, its calibration, its learning and its persistence, for any loop.
 
-    Settings (checked here, once, for every loop): the step count T (None until a loop's first
-    run has shown it, as for ``SkipWrapper``), extrapolation order p, ``calls`` or ``tolerance``,
-    ``policy`` and its settings, ``max_run``, and the per-step error weights (T |dt_j| / |span|
-    on an uneven grid, None on a uniform one).
+    Settings (checked here, once, for every loop): the step count T, extrapolation order p,
+    ``calls`` or ``tolerance``, the ``policy`` (a spec of ``fastflow.specs``, or its shorthand
+    string with flat keywords, ``policy_spec``), ``max_run``, and the per-step error weights
+    (T |dt_j| / |span| on an uneven grid, None on a uniform one).
 
-    The calibration run builds the policy: ``calls=K`` as given, or the fewest K whose optimal
-    plan's summed error is at most ``tolerance`` times the base solver's own estimated error.
+    The calibration run builds the policy (``PolicySpec.build``) from one ``Calibration``
+    record: ``calls=K`` as given, or the fewest K whose optimal plan's summed error is at most
+    ``tolerance`` times the base solver's own estimated error.
 
     Raises:
-        ValueError: for bad arms (empty, not non-negative ints, repeated, or none >= 1), a
-            negative or non-finite mu, an order that is not an int >= 1, an unknown policy or
-            bandit, a bandit, its hyperparameters or mu given to a policy other than ``"paper"``,
-            both ``calls`` and ``tolerance``, a ``calls`` outside [p + 2, T] or below
-            ``min_calls``, a tolerance that is not a finite number > 0, a ``max_run`` that is not
-            an int in [1, T] (or, for the paper policy, differs from max(arms)), an explore < 0,
-            or a bad hyperparameter value (``make_bandit``).
-        TypeError: for a hyperparameter the paper policy's bandit does not take.
+        ValueError: for a bad policy spec or a setting that belongs to another policy
+            (``policy_spec``), an order that is not an int in [1, 16], a T below p + 3, both
+            ``calls`` and ``tolerance``, a ``calls`` outside [p + 2, T] or below ``min_calls``, a
+            tolerance that is not a finite number > 0, or a ``max_run`` that is not an int in
+            [1, T] (or, for the paper policy, differs from max(arms)).
+        TypeError: for a keyword no policy takes, or a hyperparameter the paper bandit does not take.
     """
 
     def __init__(self, steps: int, calls: Optional[int] = None, tolerance: Optional[float] = None,
-                 policy: Optional[str] = None, arms: Sequence[int] = (0, 1, 2, 3, 4), mu: Optional[float] = None,
-                 order: int = 1, bandit: Optional[str] = None, normalize_rewards: bool = True,
-                 generator: Optional[torch.Generator] = None, explore: float = 0.5,
-                 max_run: Optional[int] = None, weights: Optional[Sequence[float]] = None, base: str = "euler",
-                 **bandit_kwargs):
-        arms = tuple(arms)
-        if not arms or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in arms):
-            raise ValueError(f"arms must be a non-empty sequence of non-negative ints, got {arms}")
-        if len(set(arms)) != len(arms):
-            raise ValueError(f"arms must be distinct, got {arms}")
-        if max(arms) < 1:
-            raise ValueError(f"arms must allow at least one skip (max(arms) >= 1), got {arms}")
-        if mu is not None and not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu >= 0):
-            raise ValueError(f"mu must be finite and >= 0, or None, got {mu}")
-        if bandit is not None and bandit not in BANDITS:
-            raise ValueError(f"unknown bandit '{bandit}', choose from {sorted(BANDITS)}")
-        if policy is None:  # mu, a bandit or its hyperparameters only mean something to the paper policy
-            policy = "paper" if (mu is not None or bandit is not None or bandit_kwargs) else "plan"
-        if policy not in POLICIES:
-            raise ValueError(f"unknown policy '{policy}', choose from {list(POLICIES)}")
-        if policy != "paper" and (bandit is not None or bandit_kwargs):
-            raise ValueError(f"bandit and its hyperparameters belong to the paper policy, not '{policy}'")
-        if mu is not None and policy != "paper":
-            raise ValueError(f"mu is the paper bandit's reward per skip; policy '{policy}' takes calls or tolerance")
+                 policy: "PolicySpec | str | None" = None, order: int = 1, max_run: Optional[int] = None,
+                 weights: Optional[Sequence[float]] = None, base: str = "euler", **settings):
+        self.spec = policy_spec(policy, **settings)
+        self.order = checks.order(order)
         if calls is not None and tolerance is not None:
             raise ValueError("give calls or tolerance, not both")
-        self.steps, self.order = steps, check_order(order)
-        if policy == "paper":
-            if max_run is not None and max_run != max(arms):
-                raise ValueError(f"the paper policy's runs are its arms: max_run={max_run} != max(arms)={max(arms)}")
-            self.max_run = max(arms)
-        else:
-            self.max_run = DEFAULT_MAX_RUN if max_run is None else _check_int("max_run", max_run, 1, steps)
+        self.steps = steps
         if steps < self.order + 3:
             raise ValueError(f"order-{self.order} skipping needs at least {self.order + 3} steps "
                              f"(steps 0..{self.order} and the last are always real), got {steps}")
+        self.max_run = self.spec.run_limit(max_run, steps)
         if calls is not None:
+            checks.int_in("calls", calls, self.order + 2, steps)
             lo = min_calls(steps, self.order, self.max_run)
-            if isinstance(calls, bool) or not isinstance(calls, int) or not self.order + 2 <= calls <= steps:
-                raise ValueError(f"calls must be an int in [{self.order + 2}, {steps}] (order + 2 to steps), "
-                                 f"got {calls!r}")
             if calls < lo:
                 raise ValueError(f"calls={calls} is too few for steps={steps} with runs of at most "
                                  f"{self.max_run} skips: at least {lo} are needed")
-        if tolerance is not None and not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance)
-                                          and tolerance > 0):
-            raise ValueError(f"tolerance must be a finite number > 0, got {tolerance!r}")
-        if policy != "paper" and calls is None and tolerance is None:
+        if tolerance is not None:
+            if checks.finite("tolerance", tolerance, what="a finite number > 0") <= 0:
+                raise ValueError(f"tolerance must be a finite number > 0, got {tolerance!r}")
+        if self.spec.default_tolerance and calls is None and tolerance is None:
             tolerance = DEFAULT_TOLERANCE  # the paper bandit without a budget keeps a fixed or calibrated mu
-        if not explore >= 0:
-            raise ValueError(f"explore must be >= 0, got {explore}")
-        if policy == "paper":
-            make_bandit(bandit or "ucb1", len(arms), **bandit_kwargs)  # validate the hyperparameters now
-        self.calls, self.tolerance, self.policy_name, self.arms, self.mu_init = calls, tolerance, policy, arms, mu
-        self.bandit_kind, self.normalize_rewards, self.generator = bandit or "ucb1", normalize_rewards, generator
-        self.explore, self.bandit_kwargs, self.base = explore, dict(bandit_kwargs), base
+        self.calls, self.tolerance, self.base = calls, tolerance, base
         self.weights = _weights(weights)
+        self.record: Optional[Calibration] = None
         self.policy: Optional[SkipPolicy] = None
-        self.table: Optional[torch.Tensor] = None
-        self.euler_errors: Optional[torch.Tensor] = None
         self.calls_target: Optional[int] = None
         self._deferred: Optional[list] = None
+
+    @property
+    def policy_name(self) -> str:
+        """The policy's shorthand: ``"plan"``, ``"bandit"`` or ``"paper"``."""
+        return self.spec.name
 
     @property
     def calibrated(self) -> bool:
@@ -229,10 +189,14 @@ class SkipController:
         return self.policy is not None
 
     @property
-    def mu(self) -> Optional[float]:
-        """The paper policy's current reward per skip (its given mu before calibration; None for
-        other policies)."""
-        return getattr(self.policy, "mu", self.mu_init)
+    def table(self) -> Optional[torch.Tensor]:
+        """The calibration run's error table (None before)."""
+        return None if self.record is None else self.record.table
+
+    @property
+    def euler_errors(self) -> Optional[torch.Tensor]:
+        """The calibration run's estimates of the base solver's local errors (None before)."""
+        return None if self.record is None else self.record.euler_errors
 
     # -- a run -------------------------------------------------------------------------
 
@@ -255,7 +219,7 @@ class SkipController:
         Returns:
             ``policy``, ``calibration_run``, ``calls_target``, ``decisions``, ``host_reads`` (reads
             made here), ``update`` (plain data for ``apply_updates``; None when nothing is learned),
-            and ``mu`` for the paper policy.
+            and the spec's own entries (``mu`` for the paper policy).
 
         Raises:
             ValueError: when the calibration run's table has NaN entries, or its length does not
@@ -279,55 +243,25 @@ class SkipController:
                 self._deferred.append(update)
             else:
                 self.apply_updates([update])
-        info = {"policy": self.policy_name, "calibration_run": run.calibrating, "calls_target": self.calls_target,
-                "decisions": run.decisions, "host_reads": reads, "update": update}
-        if self.policy_name == "paper":
-            info["mu"] = self.mu
-        return info
+        return {"policy": self.policy_name, "calibration_run": run.calibrating, "calls_target": self.calls_target,
+                "decisions": run.decisions, "host_reads": reads, "update": update, **self.spec.info(self.policy)}
 
     # -- calibration -----------------------------------------------------------------
 
-    def calibrate_from(self, table: torch.Tensor, euler_errors: torch.Tensor) -> None:
+    def calibrate_from(self, table: torch.Tensor, euler_errors: torch.Tensor, grid: Optional[dict] = None) -> None:
         """Choose the call budget and build the policy from a full run's error table and the base
         solver's local error estimates (nothing is set on failure).
 
         Raises:
             ValueError: for a table with NaN entries or of another shape than the settings give.
         """
-        T, p, R = self.steps, self.order, self.max_run
-        if torch.isnan(table).any():
-            raise ValueError("calibration run gave NaN extrapolation errors (non-finite velocities?)")
-        if tuple(table.shape) != table_shape(T, p, R):
-            raise ValueError(f"calibration table has shape {tuple(table.shape)}, expected {table_shape(T, p, R)}")
-        costs = planned_costs(table, T, p, R)
-        budget = float(euler_errors.sum())
-        if self.calls is not None:
-            K = self.calls
-        elif self.tolerance is not None:
-            ok = [c for c in range(T + 1) if math.isfinite(costs[c]) and costs[c] <= self.tolerance * budget]
-            K = min(ok) if ok else T
-        else:
-            K = None
-        if self.policy_name == "plan":
-            policy = PlanPolicy(T, plan_skips(table, T, K, p, R), p)
-        elif self.policy_name == "bandit":
-            policy = PlanningBanditPolicy(table, T, K, p, R, c=self.explore)
-        else:
-            ones = (1,) * p
-            one_step = [float(table[(k, *ones, 1)]) for k in range(p, T - 1)]
-            if self.mu_init is not None:
-                mu = self.mu_init
-            elif K is not None:  # Lagrange start: the plan's mean error per skip
-                mu = float(costs[K]) / max(T - K, 1)
-            else:
-                mu = max(one_step, default=0.0) / T
-            policy = self._paper_policy(mu, K)
-            policy.seed(table)
-        self.table, self.euler_errors, self.calls_target, self.policy = table, euler_errors, K, policy
-
-    def _paper_policy(self, mu: float, K: Optional[int]) -> PaperBanditPolicy:
-        return PaperBanditPolicy(self.steps, self.arms, self.order, self.bandit_kind, mu, self.normalize_rewards,
-                                 self.generator, calls=K, **self.bandit_kwargs)
+        record = Calibration(table, euler_errors, self.order, self.max_run, self.weights, dict(grid or {}))
+        if record.steps != self.steps:
+            raise ValueError(f"calibration table covers {record.steps} steps, the settings {self.steps}")
+        K = self.calls if self.calls is not None else (
+            record.fewest_calls(self.tolerance) if self.tolerance is not None else None)
+        policy = self.spec.build(record, K)
+        self.record, self.calls_target, self.policy = record, K, policy
 
     def need_calibration(self, what: str) -> None:
         """Raise ValueError naming ``what`` unless calibrated.
@@ -377,7 +311,7 @@ class SkipController:
                 obs = [Observation(int(k), tuple(int(g) for g in gaps), int(lead), float(e))
                        for k, gaps, lead, e in u["observations"]]
                 nfe = int(u["nfe"])
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
                 raise ValueError(f"malformed FastFlow update ({type(e).__name__}: {e})") from None
             if any(o.k not in range(self.steps) or len(o.gaps) != self.order or not math.isfinite(o.error)
                    or o.error < 0 for o in obs) or not 0 <= nfe <= 2 * self.steps:
@@ -414,88 +348,46 @@ class SkipController:
         """
         self.need_calibration("a planned error")
         skip = self.schedule() if skip is None else skip
-        cost, budget = plan_cost(self.table, self.steps, skip, self.order), float(self.euler_errors.sum())
+        cost, budget = plan_cost(self.table, self.steps, skip, self.order), self.record.budget
         if budget == 0:  # the base solver is exact on this flow (a velocity constant along the paths)
             return 0.0 if cost == 0 else math.inf
         return cost / budget
 
-    # -- persistence -----------------------------------------------------------------
+    # -- persistence (fastflow.persist) ------------------------------------------------
 
     def config(self) -> dict:
         """The settings a state must have been learned with (without the grid, which the loop owns)."""
-        return {"order": self.order, "arms": list(self.arms), "max_run": self.max_run, "policy": self.policy_name,
-                "calls": self.calls, "tolerance": self.tolerance, "bandit": self.bandit_kind,
-                "normalize_rewards": self.normalize_rewards}
+        return {"order": self.order, "max_run": self.max_run, "policy": self.policy_name, "calls": self.calls,
+                "tolerance": self.tolerance, **self.spec.config()}
 
     def state_dict(self, grid: dict) -> dict:
         """The state as plain JSON-able data: ``format``, ``version``, the loop's ``grid`` entries,
-        the settings, ``calibrated``, and once calibrated the table (``table_shape``, ``table``
-        flattened with null for +inf), ``euler_errors``, ``calls_target`` and the policy's own
-        state (``plan``; ``planner`` and ``plan``; or ``mu``, ``reward_scale`` and ``bandits``)."""
+        the settings, ``calibrated``, and once calibrated the record (``Calibration.state_dict``),
+        ``calls_target`` and the policy's own state (``plan``; ``planner`` and ``plan``; or ``mu``,
+        ``reward_scale`` and ``bandits``)."""
         state = {"format": STATE_FORMAT, "version": STATE_VERSION, **grid, **self.config(),
                  "calibrated": self.calibrated}
-        if not self.calibrated:
-            return state
-        flat = self.table.reshape(-1).tolist()
-        state.update({"table_shape": list(self.table.shape),
-                      "table": [e if math.isfinite(e) else None for e in flat],
-                      "euler_errors": self.euler_errors.tolist(), "calls_target": self.calls_target})
-        state.update(self.policy.state_dict())
+        if self.calibrated:
+            state.update(self.record.state_dict(), calls_target=self.calls_target, **self.policy.state_dict())
         return state
 
-    def load_state_dict(self, state: dict, grid: dict) -> None:
+    def load_state_dict(self, state: dict, grid: dict, who: str = "sampler") -> None:
         """Restore a state; nothing changes unless all of it is valid.
 
         Raises:
             ValueError: naming the field, for another format or version, a state learned with
                 other settings or on another grid, or any malformed value.
         """
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a FastFlow state (missing 'format': '{STATE_FORMAT}')")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"FastFlow state version {state.get('version')!r} is not supported "
-                             f"(expected {STATE_VERSION}); calibrate again")
-        mine = {**grid, **self.config()}
-        theirs = {key: state.get(key, "euler" if key == "base" else None) for key in mine}  # v2 files lack base
-        if theirs != mine:
-            diff = ", ".join(f"{k}={theirs[k]!r} (sampler has {mine[k]!r})" for k in mine if theirs[k] != mine[k])
-            raise ValueError(f"state does not match this sampler: {diff}")
+        check_header(state, {**grid, **self.config()}, who)
         if state.get("calibrated") is False:
-            self.policy = self.table = self.euler_errors = self.calls_target = None
+            self.record = self.policy = self.calls_target = None
             return
         if state.get("calibrated") is not True:
             raise ValueError(f"'calibrated' must be true or false, got {state.get('calibrated')!r}")
-        shape = table_shape(self.steps, self.order, self.max_run)
-        if state.get("table_shape") != list(shape):
-            raise ValueError(f"'table_shape' is {state.get('table_shape')!r}, expected {list(shape)}")
-        values = state.get("table")
-        if not isinstance(values, list) or len(values) != math.prod(shape) or not all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0)
-                for v in values):
-            raise ValueError("'table' must list prod(table_shape) finite errors >= 0 (null for undefined)")
-        table = torch.tensor([math.inf if v is None else float(v) for v in values], dtype=torch.float64).reshape(shape)
-        eta = state.get("euler_errors")
-        if not isinstance(eta, list) or len(eta) != self.steps - 1 or not all(
-                isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in eta):
-            raise ValueError(f"'euler_errors' must list {self.steps - 1} finite numbers >= 0")
-        K = state.get("calls_target")
-        if K is not None:
-            _check_int("'calls_target'", K, min_calls(self.steps, self.order, self.max_run), self.steps)
-        if self.policy_name != "paper" and K is None:
-            raise ValueError("'calls_target' is missing")
-        p, R, T = self.order, self.max_run, self.steps
-        if self.policy_name == "plan":
-            policy = PlanPolicy(T, [], p)
-        elif self.policy_name == "bandit":
-            policy = PlanningBanditPolicy(table, T, K, p, R, c=self.explore)
-        else:
-            mu = state.get("mu")
-            if self.mu_init is not None and mu != self.mu_init and K is None:
-                raise ValueError(f"state was learned with mu={mu}, sampler has mu={self.mu_init}")
-            policy = self._paper_policy(self.mu_init or 0.0, K)
-        policy.load_state_dict(state, K, R)
-        self.table, self.euler_errors = table, torch.tensor(eta, dtype=torch.float64)
-        self.calls_target, self.policy = K, policy
+        record = Calibration.from_state_dict(state, self.steps, self.order, self.max_run, self.weights, grid)
+        K = calls_target(state, record, needed=self.spec.default_tolerance)
+        policy = self.spec.restore(record, K, state)
+        self.record, self.calls_target, self.policy = record, K, policy
 
     def save_state(self, path: str | os.PathLike, grid: dict, tag: Optional[str] = None) -> None:
         """Write ``state_dict(grid)`` and ``tag`` as JSON, atomically.
@@ -506,8 +398,7 @@ class SkipController:
         """
         if tag is not None and not isinstance(tag, str):
             raise ValueError(f"tag must be a string or None, got {type(tag).__name__}")
-        state = {**self.state_dict(grid), "tag": tag}
-        atomic_write(path, lambda f: json.dump(state, f, allow_nan=False), binary=False)
+        save_json(path, {**self.state_dict(grid), "tag": tag})
 
     def load_state(self, path: str | os.PathLike, grid: dict, tag: Optional[str] = None) -> None:
         """Load a state written by ``save_state``, refusing one learned with other settings or
@@ -518,30 +409,3 @@ class SkipController:
             OSError: when the file cannot be read (e.g. FileNotFoundError).
         """
         load_state_file(path, tag, lambda state: self.load_state_dict(state, grid))
-
-
-def load_state_file(path: str | os.PathLike, tag: Optional[str], load, who: str = "sampler") -> None:
-    """Read a JSON state written by ``save_state``, refuse another ``tag``, and hand it to
-    ``load`` (a ``load_state_dict``); every error names the file.
-
-    Raises:
-        ValueError: naming the file, for a corrupt or non-UTF-8 file, another tag, or what ``load``
-            refuses (its KeyError and TypeError on a malformed state included).
-        OSError: when the file cannot be read (e.g. FileNotFoundError).
-    """
-    try:
-        with open(path, "rb") as f:
-            state = json.loads(f.read().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: corrupt FastFlow state file (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt FastFlow state file ({e})") from None
-    if isinstance(state, dict) and state.get("tag") != tag:
-        raise ValueError(f"{path}: state was saved with tag {state.get('tag')!r}, this {who} is loading it "
-                         f"with tag {tag!r} (a state belongs to one model and setting)")
-    try:
-        load(state)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: malformed FastFlow state ({type(e).__name__}: {e})") from None
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None

@@ -18,18 +18,18 @@ from typing import Sequence
 
 import torch
 
+from . import checks
+
 __all__ = ["newton_extrapolate", "History", "check_order"]
 
 
 def check_order(order: int) -> int:
-    """Validate an extrapolation order p (an int >= 1) and return it.
+    """Validate an extrapolation order p (an int in [1, 16]) and return it (``fastflow.checks.order``).
 
     Raises:
-        ValueError: for a bool, a non-int or an int < 1.
+        ValueError: for a bool, a non-int or an int outside [1, 16].
     """
-    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"extrapolation order must be an int >= 1, got {order!r}")
-    return order
+    return checks.order(order)
 
 
 def newton_extrapolate(times: Sequence[float], values: Sequence[torch.Tensor], t: float) -> torch.Tensor:

@@ -24,11 +24,12 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from . import checks
 from .atomic import atomic_write
 from .controller import DEFAULT_MAX_RUN, DEFAULT_TOLERANCE, POLICIES, SkipController
 from .extrapolate import History, check_order
 from .field import VelocityField
-from .policy import PaperBanditPolicy
+from .specs import PaperBandit, PolicySpec
 from .result import SampleResult
 from .solvers import AB_COEFFICIENTS, EulerSampler, ab_coefficients
 
@@ -42,6 +43,8 @@ BASES = ("euler", "ab2")
 class _BaseStep(EulerSampler):
     """The update shared by the skipping samplers: Euler, or AB2 (``base="ab2"``) on the velocities
     the skip rule returns. The run state must have a ``prev`` attribute (the last velocity used)."""
+
+    keeps_outputs = True  # the last p + 1 real velocities, for extrapolation
 
     def _set_base(self, base: str) -> None:
         if base not in BASES:
@@ -105,13 +108,17 @@ class ExtrapolatedEulerSampler(_BaseStep):
         self.order = check_order(order)
         skip = sorted(set(skip))
         for i, k in enumerate(skip):
-            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < steps:
+            if not checks.is_int(k) or not 0 <= k < steps:
                 raise ValueError(f"skip steps must be ints in [0, {steps - 1}], got {k!r}")
             real_before = k - i  # steps before k that are evaluated
             if real_before < order + 1:
                 raise ValueError(f"cannot skip step {k}: order-{order} extrapolation needs {order + 1} "
                                  f"real evaluations before it, only {real_before} precede it")
         self.skip = frozenset(skip)
+
+    def expected_calls(self) -> int:
+        """Model calls per run: T - |skip|."""
+        return self.steps - len(self.skip)
 
     def start(self, field):
         """The run state: an empty history of the last order + 1 real evaluations."""
@@ -146,15 +153,19 @@ class ExtrapolatedEulerSampler(_BaseStep):
         """Build the sampler a ``state_dict`` describes.
 
         Raises:
-            ValueError: for a state without the schedule ``format`` or a list ``skip``, or values
-                the constructor refuses (a bad skip step, order, base or grid).
-            TypeError: for a missing ``steps`` (without ``times``), a non-int ``steps``, or
-                unhashable skip entries (as the constructor).
+            ValueError: for a state without the schedule ``format`` or a list ``skip``, a ``steps``
+                that is not an int in [2, 100000] (without ``times``) or more ``times`` than that,
+                or values the constructor refuses (a bad skip step, order, base or grid).
+            TypeError: for unhashable skip entries (as the constructor).
         """
         if not isinstance(state, dict) or state.get("format") != SCHEDULE_FORMAT:
             raise ValueError(f"not a skip schedule (missing 'format': '{SCHEDULE_FORMAT}')")
         if not isinstance(state.get("skip"), list):
             raise ValueError("skip schedule has no list 'skip'")
+        if state.get("times") is None:  # bound the grid before anything is allocated for it
+            checks.int_in("steps", state.get("steps"), 2, checks.MAX_STEPS)
+        elif not isinstance(state["times"], list) or len(state["times"]) > checks.MAX_STEPS + 1:
+            raise ValueError(f"'times' must be a list of at most {checks.MAX_STEPS + 1} grid points")
         return cls(state.get("steps"), state["skip"], state.get("order"), times=state.get("times"),
                    base=state.get("base", "euler"))
 
@@ -231,18 +242,21 @@ class FastFlowSampler(_BaseStep):
       calibration run, in the same units: dt |v| times a relative velocity error).
     * neither: ``tolerance=DEFAULT_TOLERANCE``.
 
-    Policies (``policy=``):
+    Policies (``policy=``, a spec of ``fastflow.specs`` or its shorthand string):
 
-    * ``"plan"`` (default): the exact optimum of ``fastflow.plan_skips`` on the calibration
-      table, played on every run. No decision cost beyond a dict lookup, no host reads.
-    * ``"bandit"``: a planning bandit; re-plans after each run from an optimistic running
-      estimate of the table (``fastflow.bandit.ErrorTableUCB``, exploration ``explore``).
-    * ``"paper"``: the paper's per-step bandits (``fastflow.policy.PaperBanditPolicy``) with
-      arms ``arms``, reward (mu * m - e) / scale. The paper's own configuration (raw reward,
-      calibrated mu = max_k e_k / T over one-step-ahead errors, UCB1 with c = 2) is
-      ``FastFlowSampler.paper(steps)``. If ``policy`` is omitted and ``mu`` is given, the
-      policy is ``"paper"`` (mu means nothing to the others); likewise if ``bandit`` or a
-      bandit hyperparameter is given.
+    * ``Plan()``, ``"plan"`` (default): the exact optimum of ``fastflow.plan_skips`` on the
+      calibration table, played on every run. No decision cost beyond a dict lookup, no host reads.
+    * ``PlanningBandit(explore)``, ``"bandit"``: re-plans after each run from an optimistic
+      running estimate of the table (``fastflow.bandit.ErrorTableUCB``).
+    * ``PaperBandit(arms, mu, kind, c, ..., normalize, generator)``, ``"paper"``: the paper's
+      per-step bandits (``fastflow.policy.PaperBanditPolicy``), reward (mu * m - e) / scale. The
+      paper's own configuration (raw reward, calibrated mu = max_k e_k / T over one-step-ahead
+      errors, UCB1 with c = 2) is ``FastFlowSampler.paper(steps)``.
+
+    With a string, the spec's settings may be given as flat keywords (``mu``, ``arms``,
+    ``bandit``, ``normalize_rewards``, ``generator``, ``c``, ``epsilon``, ``prior_var`` for the
+    paper policy, ``explore`` for the planning bandit); without ``policy``, a paper keyword
+    selects the paper policy. A keyword of another policy is an error (``fastflow.specs.policy_spec``).
 
     Runs of skips are at most ``max_run`` long (``max(arms)`` for the paper policy); steps
     0..p and T - 1 are always real.
@@ -251,38 +265,30 @@ class FastFlowSampler(_BaseStep):
         steps: T (uniform grid), or give ``times``.
         calls: model calls per run, in [min_calls(T, p, max_run), T].
         tolerance: > 0, relative to Euler-T's own error (see above).
-        policy: ``"plan"``, ``"bandit"`` or ``"paper"``.
-        arms: the paper bandit's arms (run lengths); its runs are at most max(arms) long.
-        mu: the paper bandit's reward per skipped step (relative-error units); None calibrates
-            it (or, with a budget, starts the Lagrange multiplier at the plan's mean error per skip).
-        order: extrapolation order p.
-        bandit: the paper policy's bandit, ``"ucb1"``, ``"epsilon-greedy"`` or ``"thompson"``.
-        normalize_rewards: the paper policy divides rewards by mu * max(arms).
-        generator: torch.Generator for randomised bandits (UCB1 and the plans need none).
-        explore: the planning bandit's exploration constant c.
+        policy: a spec (``Plan()``, ``PlanningBandit()``, ``PaperBandit()``) or ``"plan"``,
+            ``"bandit"``, ``"paper"``.
+        extrapolation_order: p, an int in [1, 16] (default 1); ``order`` is an alias.
         max_run: longest run of skips for the plan and bandit policies (default ``DEFAULT_MAX_RUN``).
-        base: ``"euler"`` (the paper's) or ``"ab2"``: the update the velocities feed (module
-            docstring). With ``"ab2"`` the calibration run is a full AB2 run and the tolerance is
-            relative to AB2's own local error, eta_k = (5/12) |v_{k+1} - 2 v_k + v_{k-1}| / |v_k|.
         times: any strictly monotone grid (T + 1,) inside [0, 1] (``fastflow.grids``). On an uneven grid every error
             of step j (table, observations, eta_j) is weighted by T dt_j, so the summed error
             stays the deviation bound's sum_j dt_j |v_hat_j - v_j| in relative units; on the
             uniform grid the weights are 1.
-        **bandit_kwargs: hyperparameters of the paper policy's bandit (``c``, ``epsilon``, ``prior_var``).
+        base: ``"euler"`` (the paper's) or ``"ab2"``: the update the velocities feed (module
+            docstring). With ``"ab2"`` the calibration run is a full AB2 run and the tolerance is
+            relative to AB2's own local error, eta_k = (5/12) |v_{k+1} - 2 v_k + v_{k-1}| / |v_k|.
+        **settings: a string policy's settings as flat keywords (above).
 
     Raises:
-        ValueError: for bad arms (empty, not non-negative ints, repeated, or none >= 1), a
-            negative or non-finite mu, an order that is not an int >= 1, an unknown policy,
-            base or bandit, a bandit, its hyperparameters or mu given to a policy other than
-            ``"paper"``, both ``calls`` and ``tolerance``, a ``calls`` that is not an int in
-            [p + 2, T] or that no plan can meet (below ``min_calls``), a tolerance that is not a
-            finite number > 0, a ``max_run`` that is not an int in [1, T] (or, for the paper
-            policy, differs from max(arms)), an explore < 0, a bad hyperparameter value
-            (``make_bandit``), or a bad grid. ``sample`` raises it too when the calibration run
-            gives NaN extrapolation errors (nothing is learned then), besides ``Sampler.sample``'s
-            errors.
-        TypeError: for a grid given twice or not at all, a ``steps`` that is not an int, or a
-            hyperparameter the paper policy's bandit does not take.
+        ValueError: for a step count below p + 3, an order that is not an int in [1, 16] (or
+            ``order`` and ``extrapolation_order`` that differ), an unknown policy or base, a
+            setting of another policy or beside a spec, bad spec settings (``fastflow.specs``),
+            both ``calls`` and ``tolerance``, a ``calls`` that is not an int in [p + 2, T] or that
+            no plan can meet (below ``min_calls``), a tolerance that is not a finite number > 0, a
+            ``max_run`` that is not an int in [1, T] (or, for the paper policy, differs from
+            max(arms)), or a bad grid. ``sample`` raises it too when the calibration run gives NaN
+            extrapolation errors (nothing is learned then), besides ``Sampler.sample``'s errors.
+        TypeError: for a grid given twice or not at all, a ``steps`` that is not an int, a
+            keyword no policy takes, or a hyperparameter the paper policy's bandit does not take.
 
     ``SampleResult.info`` keys: ``policy``, ``calibration_run`` (bool), ``calls_target`` (K,
     None before calibration), ``decisions`` ((k, m) pairs: m steps extrapolated after real
@@ -294,23 +300,25 @@ class FastFlowSampler(_BaseStep):
     """
 
     def __init__(self, steps: Optional[int] = None, calls: Optional[int] = None, tolerance: Optional[float] = None,
-                 policy: Optional[str] = None, arms: Sequence[int] = (0, 1, 2, 3, 4), mu: Optional[float] = None,
-                 order: int = 1, bandit: Optional[str] = None, normalize_rewards: bool = True,
-                 generator: Optional[torch.Generator] = None, explore: float = 0.5,
-                 max_run: Optional[int] = None, times=None, base: str = "euler", **bandit_kwargs):
+                 policy: "PolicySpec | str | None" = None, extrapolation_order: Optional[int] = None,
+                 max_run: Optional[int] = None, *, times=None, base: str = "euler", order: Optional[int] = None,
+                 **settings):
         super().__init__(steps, times=times)
         self._set_base(base)
+        if order is not None and extrapolation_order is not None and order != extrapolation_order:
+            raise ValueError(f"order is an alias of extrapolation_order: got {order} and {extrapolation_order}")
+        p = next((o for o in (extrapolation_order, order) if o is not None), 1)
         span = abs(float(self.times[-1] - self.times[0]))
         # per-step error weights T |dt_j| / |t_T - t_0| (None on the uniform grid: all 1)
         weights = None if self.uniform else (self.steps * self.times.diff().abs() / span).tolist()
-        self.skips = SkipController(self.steps, calls=calls, tolerance=tolerance, policy=policy, arms=arms, mu=mu,
-                                    order=order, bandit=bandit, normalize_rewards=normalize_rewards,
-                                    generator=generator, explore=explore, max_run=max_run, weights=weights,
-                                    base=base, **bandit_kwargs)
+        self.skips = SkipController(self.steps, calls=calls, tolerance=tolerance, policy=policy, order=p,
+                                    max_run=max_run, weights=weights, base=base, **settings)
         self._calibrating = False
 
     # settings and what was learned live in the controller; these read them
-    order = property(lambda self: self.skips.order, doc="Extrapolation order p.")
+    extrapolation_order = property(lambda self: self.skips.order, doc="Extrapolation order p.")
+    order = property(lambda self: self.skips.order, doc="Alias of ``extrapolation_order``.")
+    spec = property(lambda self: self.skips.spec, doc="The policy's settings (``fastflow.specs``).")
     max_run = property(lambda self: self.skips.max_run, doc="Longest run of skips R.")
     calls = property(lambda self: self.skips.calls, doc="The call budget K given (None for a tolerance).")
     tolerance = property(lambda self: self.skips.tolerance, doc="The tolerance given or defaulted (None for calls).")
@@ -320,9 +328,8 @@ class FastFlowSampler(_BaseStep):
     euler_errors = property(lambda self: self.skips.euler_errors,
                             doc="The calibration run's estimates of the base solver's local errors (None before).")
     calls_target = property(lambda self: self.skips.calls_target, doc="K chosen at calibration (None before).")
-    generator = property(lambda self: self.skips.generator, doc="The randomised bandits' torch.Generator.")
-    arms = property(lambda self: self.skips.arms, doc="The paper policy's arms.")
-    normalize_rewards = property(lambda self: self.skips.normalize_rewards, doc="The paper policy's reward scaling.")
+    generator = property(lambda self: getattr(self.spec, "generator", None),
+                         doc="The policy's torch.Generator (None for a policy that draws no random numbers).")
     weights = property(lambda self: self.skips.weights or [1.0] * self.steps, doc="Per-step error weights T dt_j.")
 
     @classmethod
@@ -330,14 +337,19 @@ class FastFlowSampler(_BaseStep):
         """The paper's configuration: per-step UCB1 (c = 2), raw reward mu * m - e, mu calibrated
         on the first run as max_k e_k / T (one-step-ahead errors e_k), arms 0..4.
 
-        ``kwargs`` go to the constructor (``calls``, ``mu``, ``order``, ``times``, ...).
+        ``kwargs``: the spec's ``arms``, ``mu`` and ``generator``, and the constructor's own
+        keywords (``calls``, ``extrapolation_order``, ``times``, ...).
 
         Raises:
             ValueError: as the constructor, for a bad value in ``kwargs``.
             TypeError: for a keyword this method sets itself (``policy``, ``normalize_rewards``,
                 ``bandit``, ``c``), or a bad ``steps`` (as the constructor).
         """
-        return cls(steps, policy="paper", normalize_rewards=False, bandit="ucb1", c=2.0, **kwargs)
+        fixed = sorted({"policy", "normalize_rewards", "bandit", "c"} & set(kwargs))
+        if fixed:
+            raise TypeError(f"FastFlowSampler.paper sets {', '.join(fixed)} itself")
+        own = {k: kwargs.pop(k) for k in ("arms", "mu", "generator") if k in kwargs}
+        return cls(steps, policy=PaperBandit(kind="ucb1", c=2.0, normalize=False, **own), **kwargs)
 
     @property
     def calibrated(self) -> bool:
@@ -346,8 +358,9 @@ class FastFlowSampler(_BaseStep):
 
     @property
     def mu(self) -> Optional[float]:
-        """The paper policy's current reward per skip (None before calibration or for other policies)."""
-        return self.skips.mu if self.policy_name == "paper" else None
+        """The paper policy's current reward per skip (its given mu before calibration; None for
+        the other policies)."""
+        return getattr(self.policy, "mu", None) if self.calibrated else getattr(self.spec, "mu", None)
 
     def expected_calls(self) -> Optional[int]:
         """Model calls per run: T before calibration (the calibration run), K after (the paper
@@ -458,40 +471,6 @@ class FastFlowSampler(_BaseStep):
         """
         return self.skips.planned_error(skip)
 
-    def _paper(self) -> PaperBanditPolicy:
-        if self.policy_name != "paper":
-            raise ValueError(f"per-step bandits exist only with policy='paper' (this sampler: "
-                             f"'{self.policy_name}'{'' if self.calibrated else ', not calibrated yet'})")
-        self.skips.need_calibration("per-step bandits")
-        return self.policy
-
-    @property
-    def bandits(self):
-        """The paper policy's per-step bandits, {step k: bandit}; ValueError for other policies
-        or before calibration."""
-        return self._paper().bandits
-
-    def arm_counts(self) -> dict[int, list[int]]:
-        """Pull counts per decision step, in the order of ``arms`` (paper policy; {} before
-        calibration).
-
-        Raises:
-            ValueError: for a policy other than ``"paper"``.
-        """
-        if not self.calibrated and self.policy_name == "paper":
-            return {}
-        return {k: list(b.counts) for k, b in self._paper().bandits.items()}
-
-    def greedy_schedule(self) -> list[int]:
-        """Steps skipped if every bandit pulled its best-mean arm (paper policy; [] before calibration).
-
-        Raises:
-            ValueError: for a policy other than ``"paper"``.
-        """
-        if not self.calibrated and self.policy_name == "paper":
-            return []
-        return self._paper().schedule()
-
     # -- persistence -----------------------------------------------------------------
 
     def _grid(self) -> dict:
@@ -541,6 +520,6 @@ class FastFlowSampler(_BaseStep):
 
     def __repr__(self) -> str:
         knob = f"calls={self.calls}" if self.calls is not None else (
-            f"tolerance={self.tolerance}" if self.tolerance is not None else f"mu={self.skips.mu_init}")
+            f"tolerance={self.tolerance}" if self.tolerance is not None else f"mu={self.spec.mu}")
         base = "" if self.base == "euler" else f", base='{self.base}'"
         return f"FastFlowSampler({self.grid_repr()}, policy='{self.policy_name}', {knob}, order={self.order}{base})"

@@ -1,6 +1,7 @@
 """A user's velocity callable, wrapped for one sampling run on a time grid."""
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Union
 
 import torch
@@ -8,9 +9,42 @@ import torch
 from .grids import _check_steps as check_steps
 from .grids import check_times, is_uniform, uniform
 
-__all__ = ["VelocityField", "check_steps"]
+__all__ = ["VelocityField", "OutputGuard", "check_steps"]
 
 Velocity = Callable[..., torch.Tensor]
+
+
+class OutputGuard:
+    """Refuses a model output that shares memory with an earlier output still in use.
+
+    A model that writes every result into one buffer (as CUDA graphs do) overwrites, inside its
+    own call, the velocities a sampler keeps (for extrapolation, a corrector, a multistep rule):
+    every skip would look free and the result would be wrong with no sign of it. By the time the
+    second output arrives the first is already overwritten, so a copy cannot repair it; the guard
+    raises instead. Looking costs no device work (storage addresses only).
+
+    Raises:
+        ValueError: from ``own``, for an output in the memory of a live earlier output.
+    """
+
+    def __init__(self, who: str = "the sampler"):
+        self.who = who
+        self._alive: list = []  # (weak reference, storage address) of this run's outputs
+
+    def own(self, v: torch.Tensor) -> torch.Tensor:
+        """``v``, after checking that its storage is not that of a live earlier output.
+
+        Raises:
+            ValueError: for an output in the memory of a live earlier output.
+        """
+        self._alive = [(r, p) for r, p in self._alive if r() is not None]
+        ptr = v.untyped_storage().data_ptr()
+        if any(p == ptr for _, p in self._alive):
+            raise ValueError(f"the model returned its output in the memory of an earlier output that {self.who} "
+                             f"still uses (a reused output buffer, as with CUDA graphs), which overwrote it; "
+                             f"return a copy: e.g. lambda **kw: model(**kw).clone()")
+        self._alive.append((weakref.ref(v), ptr))
+        return v
 
 
 class VelocityField:
@@ -23,7 +57,8 @@ class VelocityField:
     tensor of shape (batch,) with the dtype and device of ``x``.
 
     Every call is checked: the output must have the shape of ``x`` (a host-side check, no sync)
-    and be finite. An output of another dtype is cast to the dtype of ``x``, so the state keeps the
+    and be finite. With ``guard`` (samplers that keep earlier outputs), an output in the memory of
+    an earlier output still held (a model reusing one output buffer) is refused (``OutputGuard``). An output of another dtype is cast to the dtype of ``x``, so the state keeps the
     dtype of ``x_init`` (which must be floating point) whatever the model computes in. Finiteness is recorded as an on-device flag per call and read once, by
     ``verify()`` at the end of the run, so the sampling loop never waits on the device for it;
     ``check=False`` skips it.
@@ -34,6 +69,7 @@ class VelocityField:
         times: an int T (uniform grid) or a strictly monotone (T + 1,) grid inside [0, 1].
         extras: keyword arguments passed to every call.
         check: record the finiteness of every output for ``verify()``.
+        guard: refuse outputs in the memory of live earlier ones (``OutputGuard``).
 
     Raises:
         TypeError: for a ``velocity`` that is not callable (or a bool ``times``).
@@ -42,7 +78,7 @@ class VelocityField:
     """
 
     def __init__(self, velocity: Velocity, x_init: torch.Tensor, times: Union[int, torch.Tensor],
-                 extras: dict[str, Any], check: bool = True):
+                 extras: dict[str, Any], check: bool = True, guard: bool = False):
         if not callable(velocity):
             raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
         if not isinstance(x_init, torch.Tensor) or x_init.dim() < 1:
@@ -64,6 +100,7 @@ class VelocityField:
         self.skipped: list[int] = []
         self._finite: list[torch.Tensor] = []   # one 0-d bool per call, read by verify()
         self._times: list[float] = []
+        self.guard = OutputGuard() if guard else None  # refuses outputs that reuse a kept output's memory
 
     def t(self, k: int) -> float:
         """Time t_k of grid point k."""
@@ -93,6 +130,8 @@ class VelocityField:
                              f"(call {self.nfe}, t={t:.4f})")
         if v.dtype != x.dtype:  # the state keeps x_init's dtype: a model in bf16 or fp64 is cast back
             v = v.to(x.dtype)
+        if self.guard is not None:
+            self.guard.own(v)
         if self.check:
             self._finite.append(torch.isfinite(v).all())
             self._times.append(t)

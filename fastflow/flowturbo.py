@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import checks
 from .field import VelocityField
 from .solvers import Sampler
 
@@ -37,9 +38,7 @@ REFINER_FORMS = ("consistent", "published")
 
 
 def _count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return value
+    return checks.int_in(name, value, 0)
 
 
 class FlowTurboSampler(Sampler):
@@ -93,6 +92,12 @@ class FlowTurboSampler(Sampler):
     def name(self) -> str:
         """The configuration as ``"HaPbRc"``, e.g. ``"H2P1R0"``."""
         return f"H{self.heun}P{self.pseudo}R{self.refine}"
+
+    def expected_calls(self) -> int:
+        """Model calls per run: 2a + b, one fewer when a Heun or pseudo block is last and
+        ``correct_last=False`` (refiner calls not counted)."""
+        euler_end = not self.correct_last and self.steps - 1 < self.heun + self.pseudo
+        return 2 * self.heun + self.pseudo - (1 if euler_end else 0)
 
     def start(self, field):
         """The run state: the velocity handed to the next block, and the refiner calls made."""

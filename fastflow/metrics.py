@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import checks
+
 __all__ = [
     "psnr",
     "ssim",
@@ -265,8 +267,7 @@ def classifier_accuracy(
         raise ValueError(f"need images (N, ...) and labels (N,), got {tuple(images.shape)} and {tuple(labels.shape)}")
     if images.shape[0] == 0:
         raise ValueError("no images to score")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    checks.int_in("batch_size", batch_size, 1)
     module = classifier if isinstance(classifier, torch.nn.Module) else None
     was_training = module.training if module is not None else False
     device = images.device

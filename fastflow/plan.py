@@ -25,6 +25,7 @@ from typing import Iterable
 
 import torch
 
+from . import checks
 from .errors import table_shape
 
 __all__ = ["plan_skips", "planned_costs", "plan_cost", "min_calls"]
@@ -45,10 +46,11 @@ def min_calls(steps: int, order: int = 1, max_run: int = 4) -> int:
 
 def _check(errors: torch.Tensor, steps: int, order: int, max_run: int) -> torch.Tensor:
     """The table cut down to runs of at most ``max_run``, as float64 on the CPU."""
+    checks.order(order)
+    checks.int_in("steps", steps, order + 3)  # steps 0..p and T - 1 are real: nothing to plan below
+    checks.int_in("max_run", max_run, 1)
     if not isinstance(errors, torch.Tensor):
         errors = torch.as_tensor(errors)
-    if isinstance(max_run, bool) or not isinstance(max_run, int) or max_run < 1:
-        raise ValueError(f"max_run must be an int >= 1, got {max_run!r}")
     if errors.dim() != order + 2 or errors.shape[0] != steps:
         raise ValueError(f"error table has shape {tuple(errors.shape)}; for steps={steps}, order={order} it "
                          f"must be {table_shape(steps, order, max_run)} (see fastflow.errors)")
@@ -87,7 +89,8 @@ def planned_costs(errors: torch.Tensor, steps: int, order: int = 1, max_run: int
     CPU; ``errors`` is an error table of shape ``table_shape(steps, order, R)``, R >= max_run.
 
     Raises:
-        ValueError: for a ``max_run`` that is not an int >= 1, a table of the wrong shape, or a
+        ValueError: for an ``order`` that is not an int in [1, 16], a ``steps`` that is not an int
+            >= order + 3, a ``max_run`` that is not an int >= 1, a table of the wrong shape, or a
             table with NaN or negative entries.
     """
     errors = _check(errors, steps, order, max_run)
@@ -109,13 +112,14 @@ def plan_skips(errors: torch.Tensor, steps: int, calls: int, order: int = 1, max
         Sorted skipped step indices; T - K of them. Ties go to the plan found first.
 
     Raises:
-        ValueError: for a ``max_run`` that is not an int >= 1, a table of the wrong shape or with
+        ValueError: for an ``order`` that is not an int in [1, 16], a ``steps`` that is not an int
+            >= order + 3, a ``max_run`` that is not an int >= 1, a table of the wrong shape or with
             NaN/negative entries, a ``calls`` that is not an int in [min_calls(T, p, R), T], or
             when no plan with ``calls`` calls has a finite planned error.
     """
     errors = _check(errors, steps, order, max_run)
     lo = min_calls(steps, order, max_run)
-    if isinstance(calls, bool) or not isinstance(calls, int) or not lo <= calls <= steps:
+    if not checks.is_int(calls) or not lo <= calls <= steps:
         raise ValueError(f"calls must be an int in [{lo}, {steps}] for steps={steps}, order={order}, "
                          f"max_run={max_run}, got {calls!r}")
     F, arg = _forward(errors, steps, order, max_run, calls)

@@ -379,6 +379,10 @@ class PaperBanditPolicy(SkipPolicy):
                 b.shift_rewards(i, (mu - self.mu) * m / self.reward_scale)
         self.mu = mu
 
+    def arm_counts(self) -> dict[int, list[int]]:
+        """Pull counts per decision step k, in the order of ``arms``."""
+        return {k: list(b.counts) for k, b in self.bandits.items()}
+
     def schedule(self):
         """Steps skipped if every bandit pulled its best-mean arm (a static schedule)."""
         skipped, k = [], 0

@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from . import checks
 from .errors import lagrange_weights
 from .field import VelocityField
 from .grids import Grid, is_uniform, resolve_grid
@@ -40,6 +41,11 @@ class Sampler:
     bookkeeping in the run: 1 for the finiteness check, 0 with ``check=False``), added by
     ``sample`` for every sampler; subclasses add their own keys (see their docstrings).
 
+    ``keeps_outputs``: whether the step rule holds model outputs across calls (a corrector, a
+    multistep rule, extrapolation). Such a sampler refuses a model that returns each output in
+    the memory of an earlier one (a reused buffer, as with CUDA graphs), which would overwrite what
+    it holds (``fastflow.field.OutputGuard``); Euler holds nothing and accepts it.
+
     Raises:
         TypeError: for a grid given both as ``steps`` and as ``times``, neither of them, or a
             ``steps`` that is not an int.
@@ -48,6 +54,7 @@ class Sampler:
     """
 
     order: int = 1
+    keeps_outputs: bool = True
 
     def __init__(self, steps: Optional[Union[int, Grid]] = None, *, times: Optional[Grid] = None):
         """``steps``: T for the uniform grid; or give ``times``, an increasing (T + 1,) grid from
@@ -105,7 +112,8 @@ class Sampler:
             if both:
                 raise ValueError(f"{sorted(both)} given both in model_kwargs and as keywords")
             extras = {**extras, **model_kwargs}
-        field = VelocityField(velocity, x_init, self.steps if self.uniform else self.times, extras, check=check)
+        field = VelocityField(velocity, x_init, self.steps if self.uniform else self.times, extras, check=check,
+                              guard=self.keeps_outputs)
         state = self.start(field)
         x = x_init
         states = [x] if trace else None
@@ -118,6 +126,10 @@ class Sampler:
         info = self.finish(field, state)
         info["host_reads"] = info.get("host_reads", 0) + reads
         return SampleResult(x=x, nfe=field.nfe, skipped=sorted(field.skipped), trace=states, info=info)
+
+    def expected_calls(self) -> Optional[int]:
+        """Model calls per run (``nfe``): T here, one per step; None where it depends on the data."""
+        return self.steps
 
     def start(self, field: VelocityField) -> Any:
         """Build the per-run state from the run's ``field`` (called once, before step 0).
@@ -169,6 +181,7 @@ class EulerSampler(Sampler):
     """
 
     order = 1
+    keeps_outputs = False  # each velocity is used once, in its own step
 
     def step(self, field, state, k, x):
         """x_{k+1} = x_k + dt_k * v_k, with v_k from ``velocity`` (a model call here).
@@ -228,6 +241,10 @@ class HeunSampler(Sampler):
             return x + dt * d
         d_next = field.at(k + 1, x + dt * d)
         return x + 0.5 * dt * (d + d_next)
+
+    def expected_calls(self) -> int:
+        """Model calls per run: 2T, or 2T - 1 with ``correct_last=False``."""
+        return 2 * self.steps - (0 if self.correct_last else 1)
 
     def __repr__(self) -> str:
         return f"HeunSampler({self.grid_repr()}, correct_last={self.correct_last})"
@@ -319,7 +336,7 @@ class AdamsBashforthSampler(Sampler):
 
     def __init__(self, steps: Optional[int] = None, order: int = 2, *, times: Optional[Grid] = None):
         super().__init__(steps, times=times)
-        if isinstance(order, bool) or not isinstance(order, int) or order not in AB_COEFFICIENTS:
+        if not checks.is_int(order) or order not in AB_COEFFICIENTS:
             raise ValueError(f"Adams-Bashforth order must be one of {sorted(AB_COEFFICIENTS)}, got {order}")
         self.order = order
         t = self.times.tolist()
@@ -327,8 +344,8 @@ class AdamsBashforthSampler(Sampler):
                              tuple(ab_coefficients([t[k - j] for j in range(min(k + 1, order))], t[k], t[k + 1]))
                              for k in range(self.steps)]
 
-    def calls(self) -> int:
-        """Model calls per run."""
+    def expected_calls(self) -> int:
+        """Model calls per run: T, plus (p - 1)^2 for the Runge-Kutta start of p = 3, 4."""
         startup = min(self.order - 1, self.steps) if self.order >= 3 else 0
         return self.steps + startup * (self.order - 1)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -38,10 +39,12 @@ import torch
 from torch import nn
 
 from .adapters import first_tensor
-from .controller import (DEFAULT_MAX_RUN, POLICIES, STATE_FORMAT, STATE_VERSION, SkipController, SkipRun, _weights,
-                         load_state_file)
-from .extrapolate import check_order
+from . import checks
+from .controller import STATE_FORMAT, STATE_VERSION, SkipController, SkipRun, _weights
+from .field import OutputGuard
+from .persist import load_state_file
 from .policy import PlanPolicy
+from .specs import Plan, PolicySpec, policy_spec
 
 __all__ = ["SkipWrapper"]
 
@@ -52,6 +55,8 @@ def _rebuilder(out: Any) -> Callable[[torch.Tensor], Any]:
     """A function putting a new prediction where ``first_tensor`` found it in ``out``."""
     if isinstance(out, torch.Tensor):
         return lambda v: v
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a namedtuple: replace its first field
+        return lambda v: out._replace(**{out._fields[0]: v})
     if isinstance(out, (tuple, list)):
         rest = tuple(out[1:])
         return lambda v: type(out)((v, *rest))
@@ -82,6 +87,10 @@ class _Generation:
     shapes: dict = field(default_factory=dict)    # branch -> output shape
     model_calls: int = 0
     skipped_calls: int = 0
+    branches: Optional[int] = None                # calls per step, set by the first step
+    inputs: dict = field(default_factory=dict)    # branch -> shape of the call's first tensor argument
+    thread: int = field(default_factory=threading.get_ident)
+    guard: OutputGuard = field(default_factory=lambda: OutputGuard("the SkipWrapper"))
 
 
 class SkipWrapper(nn.Module):
@@ -91,7 +100,9 @@ class SkipWrapper(nn.Module):
         model: the network (any callable; an ``nn.Module`` becomes a submodule).
         calls: real steps per generation after calibration (K); or give ``tolerance``; neither
             means ``FastFlowSampler``'s default tolerance.
-        tolerance, policy, order, max_run, explore: as for ``FastFlowSampler``.
+        tolerance, policy, order, max_run: as for ``FastFlowSampler`` (``policy``: a spec of
+            ``fastflow.specs`` or its shorthand string).
+        explore, **settings: a string policy's settings as flat keywords (``fastflow.specs.policy_spec``).
         time_arg: where the timestep is: a keyword name, a positional index, or None to look for
             the keywords ``timestep``, ``t``, ``timesteps``, ``sigma`` and then position 1.
 
@@ -112,28 +123,36 @@ class SkipWrapper(nn.Module):
     Raises:
         TypeError: for a ``model`` that is not callable, or a ``time_arg`` that is neither a
             keyword name nor a position.
-        ValueError: for an unknown ``policy``, both ``calls`` and ``tolerance``, or an ``order``
-            that is not an int >= 1. The other settings (``calls``, ``tolerance``, ``max_run``,
-            ``explore``) are checked by ``SkipController`` when the calibration generation ends:
-            a bad one raises ValueError then, from ``forward`` or ``reset`` (see ``forward``).
+        ValueError: before any model call, for an unknown ``policy`` or a setting of another
+            policy, both ``calls`` and ``tolerance``, an ``order`` that is not an int in [1, 16], a
+            ``calls`` below order + 2, a tolerance that is not a finite number > 0, or a bad
+            ``max_run``. What depends on the loop's length (``calls`` at most T, ``min_calls``) is
+            checked when the calibration generation ends: ValueError then, from ``forward`` or
+            ``reset`` (see ``forward``).
     """
 
     def __init__(self, model: Callable[..., Any], calls: Optional[int] = None, tolerance: Optional[float] = None,
-                 policy: str = "plan", order: int = 1, max_run: Optional[int] = None, explore: float = 0.5,
-                 time_arg: Union[str, int, None] = None):
+                 policy: "PolicySpec | str" = "plan", order: int = 1, max_run: Optional[int] = None,
+                 explore: Optional[float] = None, time_arg: Union[str, int, None] = None, **settings):
         super().__init__()
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
-        if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}, choose from {list(POLICIES)}")
+        if explore is not None:
+            settings["explore"] = explore
+        spec = policy_spec(policy, **settings)
         if calls is not None and tolerance is not None:
             raise ValueError("give calls or tolerance, not both")
+        order = checks.order(order)
+        if calls is not None:
+            checks.int_in("calls", calls, order + 2)
+        if tolerance is not None and checks.finite("tolerance", tolerance, what="a finite number > 0") <= 0:
+            raise ValueError(f"tolerance must be a finite number > 0, got {tolerance!r}")
+        self._table_runs = spec.run_limit(max_run, checks.MAX_STEPS)  # checks max_run
         if time_arg is not None and not isinstance(time_arg, (str, int)):
             raise TypeError(f"time_arg must be a keyword name or a position, got {type(time_arg).__name__}")
-        self.model = model
-        self.options = dict(calls=calls, tolerance=tolerance, policy=policy, order=check_order(order),
-                            max_run=DEFAULT_MAX_RUN if max_run is None else max_run, explore=explore)
-        self.order, self.time_arg = self.options["order"], time_arg
+        self.model, self.spec = model, spec
+        self.options = dict(calls=calls, tolerance=tolerance, order=order, max_run=max_run)
+        self.order, self.time_arg = order, time_arg
         self.skips: Optional[SkipController] = None
         self.times: Optional[list] = None
         self.direction = 0.0
@@ -146,7 +165,15 @@ class SkipWrapper(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(super().__getattr__("model"), name)
+            pass
+        model = self.__dict__.get("model", self.__dict__.get("_modules", {}).get("model"))
+        if model is None or name == "model":
+            raise AttributeError(f"'SkipWrapper' object has no attribute {name!r}")
+        try:
+            return getattr(model, name)
+        except AttributeError:
+            raise AttributeError(f"neither the SkipWrapper nor its model ({type(model).__name__}) has an "
+                                 f"attribute {name!r}") from None
 
     # -- the public controls ---------------------------------------------------------
 
@@ -243,17 +270,13 @@ class SkipWrapper(nn.Module):
             ValueError: before calibration.
         """
         self._need_calibration("freeze")
-        o = self.options
-        frozen = SkipWrapper(self.model, calls=None, tolerance=None, policy="plan", order=o["order"],
-                             max_run=self.skips.max_run, time_arg=self.time_arg)
-        skip = self.schedule()
-        frozen.skips = self._controller(self.steps, policy="plan", max_run=self.skips.max_run,
-                                        calls=self.steps - len(skip), tolerance=None)
-        frozen.skips.table, frozen.skips.euler_errors = self.skips.table, self.skips.euler_errors
+        skip, R = self.schedule(), self.skips.max_run
+        frozen = SkipWrapper(self.model, order=self.order, max_run=R, time_arg=self.time_arg)
+        frozen.skips = frozen._controller(self.steps, calls=self.steps - len(skip))
+        frozen.skips.record, frozen.skips.weights = self.skips.record, self.skips.weights
         frozen.skips.calls_target = self.steps - len(skip)
         frozen.skips.policy = PlanPolicy(self.steps, skip, self.order)
         frozen.times, frozen.direction = list(self.times), self.direction
-        frozen.skips.weights = self.skips.weights
         return frozen
 
     # -- persistence -----------------------------------------------------------------
@@ -283,7 +306,7 @@ class SkipWrapper(nn.Module):
             self.recalibrate()
             return
         steps, taus = state.get("steps"), state.get("timesteps")
-        if isinstance(steps, bool) or not isinstance(steps, int) or not isinstance(taus, list) \
+        if not checks.is_int(steps) or not isinstance(taus, list) \
                 or len(taus) != steps or not all(isinstance(t, (int, float)) and math.isfinite(t) for t in taus) \
                 or len(set(taus)) != steps or steps < 2:
             raise ValueError("'steps' and 'timesteps' must give the calibration's distinct timesteps")
@@ -339,6 +362,9 @@ class SkipWrapper(nn.Module):
         """
         tau = self._timestep(args, kwargs)
         gen = self._gen
+        if gen is not None and gen.thread != threading.get_ident():
+            raise RuntimeError("SkipWrapper is not thread-safe: a generation started in another thread is in "
+                               "progress; use one wrapper per thread (or call reset() from the thread that ran it)")
         if gen is not None and gen.tau is not None and tau != gen.tau and self._goes_back(gen, tau):
             self.reset()
             gen = None
@@ -361,8 +387,7 @@ class SkipWrapper(nn.Module):
 
     def _table_run(self) -> int:
         """The R the calibration table is recorded with (cut to the loop's length at its end)."""
-        o = self.options
-        return 4 if o["policy"] == "paper" else o["max_run"]  # the paper policy's default arms 0..4
+        return self._table_runs
 
     def _timestep(self, args, kwargs) -> float:
         where = self.time_arg
@@ -378,12 +403,16 @@ class SkipWrapper(nn.Module):
                                  f"positional argument {where}; pass time_arg=")
             t = args[where]
         if isinstance(t, (int, float)) and not isinstance(t, bool):
+            if not math.isfinite(t):
+                raise ValueError(f"timestep must be finite, got {t}")
             return float(t)
         if not isinstance(t, torch.Tensor) or t.dim() > 1 or t.numel() == 0:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"timestep must be a number, a 0-d tensor or a (batch,) tensor, got {shape}")
         self.host_reads += t.device.type != "cpu"
         lo, hi = torch.stack([t.min(), t.max()]).tolist() if t.dim() else (float(t),) * 2
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"timestep must be finite, got {t.flatten()[:4].tolist()}")
         if lo != hi:
             raise ValueError(f"timestep must be the same for the whole batch to skip a step, got {lo} .. {hi}")
         return float(lo)
@@ -395,12 +424,22 @@ class SkipWrapper(nn.Module):
     def _end_step(self, gen: _Generation) -> None:
         """Hand the finished real step's velocity (all branches, concatenated) to the engine."""
         if gen.k >= 0 and gen.real and gen.outputs:
+            if gen.branches is None:
+                gen.branches = len(gen.outputs)
+            elif len(gen.outputs) != gen.branches:
+                raise ValueError(f"step {gen.k} made {len(gen.outputs)} model calls, the steps before it "
+                                 f"{gen.branches}; the wrapper needs the same calls on every step")
             v = gen.outputs[0] if len(gen.outputs) == 1 else torch.cat([o.reshape(-1) for o in gen.outputs])
             gen.run.real(gen.k, gen.tau, v)
         gen.outputs = []
 
     def _call(self, gen: _Generation, args, kwargs):
         b = gen.branch
+        x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 1), None)
+        shape = None if x is None else tuple(x.shape)
+        if gen.inputs.setdefault(b, shape) != shape:
+            raise ValueError(f"the model's input changed shape within a generation, from {gen.inputs[b]} to {shape} "
+                             f"(step {gen.k}, call {b + 1} of the step); call reset() between generations")
         if not gen.real:
             if gen.predicted is None:  # one extrapolation per step, split into its branches
                 flat = gen.run.extrapolate(gen.k, gen.tau)
@@ -416,7 +455,7 @@ class SkipWrapper(nn.Module):
         out = self.model(*args, **kwargs)
         gen.model_calls += 1
         self.model_calls += 1
-        v = first_tensor(out).detach()
+        v = gen.guard.own(first_tensor(out).detach())  # a reused output buffer is refused
         if gen.shapes.setdefault(b, v.shape) != v.shape:
             raise ValueError(f"model output changed shape from {tuple(gen.shapes[b])} to {tuple(v.shape)} "
                              f"(step {gen.k}, call {b + 1} of the step)")
@@ -441,10 +480,9 @@ class SkipWrapper(nn.Module):
 
     def _controller(self, steps: int, **override) -> SkipController:
         o = {**self.options, **override}
-        paper = o["policy"] == "paper"  # its runs are its arms (0..4)
-        return SkipController(steps, calls=o["calls"], tolerance=o["tolerance"], policy=o["policy"],
-                              order=o["order"], max_run=None if paper else min(o["max_run"], steps - 2),
-                              explore=o["explore"])
+        R = self.spec.run_limit(o["max_run"], checks.MAX_STEPS)
+        return SkipController(steps, calls=o["calls"], tolerance=o["tolerance"], policy=self.spec, order=o["order"],
+                              max_run=None if self.spec.fixed_runs else min(R, steps - 2))
 
     def _calibrate(self, gen: _Generation) -> None:
         T, p = gen.k + 1, self.order
@@ -471,5 +509,5 @@ class SkipWrapper(nn.Module):
         """The settings given and whether (and on how many steps) the wrapper is calibrated, for
         ``nn.Module``'s repr."""
         state = f"calibrated on {self.steps} steps" if self.calibrated else "not calibrated"
-        knobs = ", ".join(f"{k}={v}" for k, v in self.options.items() if v is not None)
+        knobs = ", ".join([f"policy={self.spec!r}"] + [f"{k}={v}" for k, v in self.options.items() if v is not None])
         return f"{knobs}; {state}"

@@ -17,34 +17,29 @@ from models.cli import (OneLineParser, finite_float, nonnegative_float, nonnegat
                         resolve_device, seed_int)
 from models.evaluation import DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_REFINER, make_noise
 
-SAMPLER_CHOICES = ["euler", "heun", "ab2", "fastflow", "teacache", "taylorseer", "static", "flowturbo"]
+SAMPLER_CHOICES = list(ff.SAMPLERS)
 
 
-def build_sampler(name: str, args, refiner=None) -> ff.Sampler:
-    """A sampler from its command-line name and options."""
-    if name == "euler":
-        return ff.EulerSampler(args.steps)
-    if name == "heun":
-        return ff.HeunSampler(args.steps)
-    if name == "ab2":
-        return ff.AdamsBashforthSampler(args.steps, order=2)
-    if name == "fastflow":
-        paper = args.policy == "paper" or (args.policy is None and (args.mu is not None or args.bandit is not None))
-        kw = dict(arms=tuple(args.arms), mu=args.mu, bandit=args.bandit) if paper else {}
-        return ff.FastFlowSampler(args.steps, calls=args.calls, tolerance=args.tolerance,
-                                  policy="paper" if paper else (args.policy or "plan"), order=args.order,
-                                  base=args.base, generator=torch.Generator().manual_seed(args.seed), **kw)
-    if name == "teacache":
-        return ff.TeaCacheSampler(args.steps, threshold=args.threshold)
-    if name == "taylorseer":
-        return ff.TaylorSeerSampler(args.steps, interval=args.interval)
-    if name == "static":
-        return ff.ExtrapolatedEulerSampler(args.steps, ff.static_skip_schedule(args.steps, args.order), args.order)
+def sampler_settings(name: str, args, refiner=None) -> dict:
+    """The keyword settings of sampler ``name`` (``fastflow.SAMPLERS``) that the command line gives."""
     if name == "flowturbo":
         from models.refiner import parse_turbo
         a, b, c = parse_turbo(args.turbo)
-        return ff.FlowTurboSampler(heun=a, pseudo=b, refine=c, refiner=refiner)
-    raise ValueError(f"unknown sampler '{name}', choose from {SAMPLER_CHOICES}")
+        return dict(heun=a, pseudo=b, refine=c, refiner=refiner)
+    if name == "fastflow":
+        paper = args.policy == "paper" or (args.policy is None and (args.mu is not None or args.bandit is not None))
+        policy = ff.PaperBandit(arms=tuple(args.arms), mu=args.mu, kind=args.bandit or "ucb1",
+                                generator=torch.Generator().manual_seed(args.seed)) if paper else (args.policy or "plan")
+        return dict(steps=args.steps, calls=args.calls, tolerance=args.tolerance, policy=policy,
+                    extrapolation_order=args.order, base=args.base)
+    own = {"teacache": dict(threshold=args.threshold), "taylorseer": dict(interval=args.interval),
+           "static": dict(order=args.order)}
+    return dict(steps=args.steps, **own.get(name, {}))
+
+
+def build_sampler(name: str, args, refiner=None) -> ff.Sampler:
+    """A sampler from its command-line name and options (``fastflow.make_sampler``)."""
+    return ff.make_sampler(name, **sampler_settings(name, args, refiner))
 
 
 def load_for_sampling(args, device: torch.device):
@@ -69,13 +64,20 @@ def load_for_sampling(args, device: torch.device):
     return model, config, refiner
 
 
+def calibrates(sampler) -> bool:
+    """Whether ``sampler`` has a calibration to make before it is measured (FastFlow's)."""
+    return callable(getattr(sampler, "calibrate", None))
+
+
 def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, device) -> None:
-    """Calibrate, and let a learning policy learn on ``args.warmup`` batches of other noise before
-    measuring (the plan policy learns nothing after its calibration run: one batch)."""
+    """Calibrate (unless a calibrated state was loaded), then let a learning policy learn on the
+    rest of ``args.warmup`` batches, each on other noise than the measured run (the plan policy
+    learns nothing after its calibration run: one batch)."""
     batches = args.warmup if sampler.policy_name != "plan" else min(args.warmup, 0 if sampler.calibrated else 1)
     for i in tqdm(range(batches), desc="calibration and warm-up", leave=False, disable=args.quiet):
         x0 = make_noise(labels.shape[0], shape, seed=args.seed + 1_000_003 * (i + 1)).to(device)  # other noise
-        sampler.sample(velocity, x0, y=labels.to(device), cfg_scale=args.cfg)
+        run = sampler.sample if sampler.calibrated else sampler.calibrate
+        run(velocity, x0, y=labels.to(device), cfg_scale=args.cfg)
 
 
 def state_tag(args) -> str:
@@ -124,14 +126,14 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     g = p.add_argument_group("FastFlow (first batch: a full calibration run on other noise)")
-    g.add_argument("--policy", choices=list(ff.POLICIES), default=None,
+    g.add_argument("--policy", choices=list(ff.controller.POLICIES), default=None,
                    help="how skips are chosen: the optimal plan of the calibration run, a planning bandit, or the "
                         "paper's per-step bandit (default: plan; paper if --mu or --bandit is given)")
     g.add_argument("--calls", type=positive_int, default=None,
                    help="model calls per run (exclusive with --tolerance)")
     g.add_argument("--tolerance", type=positive_float, default=None,
                    help="dimensionless: the skips may add this times Euler-T's own estimated error; fewest calls "
-                        f"that fit (default: {ff.DEFAULT_TOLERANCE:g} when --calls is not given)")
+                        f"that fit (default: {ff.controller.DEFAULT_TOLERANCE:g} when --calls is not given)")
     g.add_argument("--mu", type=nonnegative_float, default=None,
                    help="paper policy: reward per skipped step, in units of relative velocity error "
                         "||v_hat - v|| / ||v|| (default: calibrate as max one-step error / T)")
@@ -143,7 +145,7 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
     g.add_argument("--base", choices=["euler", "ab2"], default="euler",
                    help="update the velocities feed: euler (the paper's; reproduces Euler-T) or ab2 (second "
                         "order; closer to the exact flow at equal calls)")
-    g.add_argument("--bandit", choices=sorted(ff.BANDITS), default=None, help="paper policy's bandit (ucb1)")
+    g.add_argument("--bandit", choices=sorted(ff.bandit.BANDITS), default=None, help="paper policy's bandit (ucb1)")
     g.add_argument("--warmup", type=nonnegative_int, default=10,
                    help="learning-policy warm-up batches on other noise")
     g.add_argument("--warmup-batch-size", type=positive_int, default=25, help="samples per warm-up batch")

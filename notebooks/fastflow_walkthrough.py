@@ -64,7 +64,7 @@ ax.set_xlabel("steps T"); ax.set_ylabel("relative L2 error"); ax.legend()
 # ## 2. One skip: extrapolate the velocity
 #
 # At a skipped step k the velocity is not computed; it is the polynomial of degree p through the last p + 1 real
-# velocities, evaluated at t_k (Newton's divided differences, `ff.newton_extrapolate`). For a smooth path the
+# velocities, evaluated at t_k (Newton's divided differences, `ff.extrapolate.newton_extrapolate`). For a smooth path the
 # error of that guess is O(dt^(p+1)): order 1 extrapolates linearly from two velocities, order 2 quadratically
 # from three. Below: the relative error e = ||v_hat - v|| / ||v|| of guessing the velocity one step ahead, at
 # t = 0.5, as the step shrinks.
@@ -76,8 +76,8 @@ def one_step_error(T, p, t_mid=0.5):
     k = round(t_mid * T)
     times = [(k - p - 1 + i) / T for i in range(p + 1)]
     vs = [flow(traj[k - p - 1 + i], torch.full((x0.shape[0],), t)) for i, t in enumerate(times)]
-    v_hat = ff.newton_extrapolate(times, vs, k / T)
-    return ff.relative_error(v_hat, flow(traj[k], torch.full((x0.shape[0],), k / T))).item()
+    v_hat = ff.extrapolate.newton_extrapolate(times, vs, k / T)
+    return ff.errors.relative_error(v_hat, flow(traj[k], torch.full((x0.shape[0],), k / T))).item()
 
 Ts = [50, 100, 200, 400]
 fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -160,9 +160,9 @@ for k, m in runs.items():
 ax.set_xlabel("real step k"); ax.set_ylabel("lead i (steps ahead)")
 ax.set_title("error table (gap 1); red: the optimal plan's runs of skips")
 
-static = ff.static_skip_schedule(T)            # every other step: 26 calls
-best_26 = ff.plan_skips(plan.table, T, T - len(static), 1, ff.DEFAULT_MAX_RUN)
-c_static, c_plan = ff.plan_cost(plan.table, T, static), ff.plan_cost(plan.table, T, best_26)
+static = ff.caching.static_skip_schedule(T)            # every other step: 26 calls
+best_26 = ff.plan_skips(plan.table, T, T - len(static), 1, ff.controller.DEFAULT_MAX_RUN)
+c_static, c_plan = ff.plan.plan_cost(plan.table, T, static), ff.plan.plan_cost(plan.table, T, best_26)
 print(f"at {T - len(static)} calls: static schedule cost {c_static:.3f}, optimal plan cost {c_plan:.3f}")
 assert c_plan <= c_static and len(skip) == T - K
 
@@ -189,7 +189,7 @@ def batch(i, n=256):
     return torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + i))
 
 def arm_shares(s):
-    counts = np.array(list(s.arm_counts().values())).sum(0)
+    counts = np.array(list(s.policy.arm_counts().values())).sum(0)
     return counts / counts.sum()
 
 raw, scaled = ff.FastFlowSampler.paper(50), ff.FastFlowSampler(50, policy="paper")
@@ -211,13 +211,13 @@ paper = ff.FastFlowSampler(50, policy="paper", mu=0.02)
 shares, calls, prev = [], [], None
 for i in range(60):
     calls.append(paper.sample(flow, batch(i)).nfe)
-    counts = np.array(list(paper.arm_counts().values())).sum(0)
+    counts = np.array(list(paper.policy.arm_counts().values())).sum(0)
     if prev is not None:
         shares.append((counts - prev) / max((counts - prev).sum(), 1))
     prev = counts
 shares = np.array(shares)
 fig, ax = plt.subplots(figsize=(7, 3.5))
-ax.stackplot(range(1, 60), shares.T, labels=[f"arm {m}: skip {m}" for m in paper.arms])
+ax.stackplot(range(1, 60), shares.T, labels=[f"arm {m}: skip {m}" for m in paper.spec.arms])
 ax.set_xlabel("batch"); ax.set_ylabel("share of decisions"); ax.legend(loc="upper right", fontsize=8)
 ax.set_title("which arms the per-step UCB1 bandits pull (mu = 0.02)")
 late = shares[-20:].mean(0)
@@ -251,7 +251,7 @@ for K_ in budgets:
     for name, s in (("Euler-K", ff.EulerSampler(K_)), ("AB2-K", ff.AdamsBashforthSampler(K_, order=2))):
         out = s.sample(flow, x0).x
         rows[name].append((rel(out, euler50), rel(out, exact)))
-static_x = ff.ExtrapolatedEulerSampler(50, ff.static_skip_schedule(50)).sample(flow, x0).x
+static_x = ff.ExtrapolatedEulerSampler(50, ff.caching.static_skip_schedule(50)).sample(flow, x0).x
 static_row = (rel(static_x, euler50), rel(static_x, exact))
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

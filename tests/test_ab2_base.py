@@ -33,7 +33,7 @@ def test_predicted_orders_on_the_gaussian_flow(order):
     Ts = (64, 256)
     dev, err, err_euler = [], [], []
     for T in Ts:
-        skip = ff.static_skip_schedule(T, order)
+        skip = ff.caching.static_skip_schedule(T, order)
         fast = ff.ExtrapolatedEulerSampler(T, skip, order, base="ab2").sample(flow, x0).x
         dev.append(rms(fast, ff.AdamsBashforthSampler(T, order=2).sample(flow, x0).x))
         err.append(rms(fast, exact))

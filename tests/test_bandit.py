@@ -24,7 +24,7 @@ def regret(pulls):
 
 
 def test_ucb1_finds_the_best_arm_and_its_regret_is_sublinear():
-    pulls = play(ff.UCB1(len(MEANS)), 4000)
+    pulls = play(ff.bandit.UCB1(len(MEANS)), 4000)
     last = pulls[-1000:]
     assert last.count(2) / len(last) >= 0.9
     r1, r2 = regret(pulls[:2000]), regret(pulls)
@@ -35,12 +35,12 @@ def test_ucb1_finds_the_best_arm_and_its_regret_is_sublinear():
 
 @pytest.mark.parametrize("kind", ["epsilon-greedy", "thompson"])
 def test_other_bandits_also_learn(kind):
-    pulls = play(ff.make_bandit(kind, len(MEANS)), 3000)
+    pulls = play(ff.bandit.make_bandit(kind, len(MEANS)), 3000)
     assert pulls[-1000:].count(2) / 1000 >= 0.85
 
 
 def test_every_arm_is_tried_first_and_available_arms_are_respected():
-    b = ff.UCB1(5)
+    b = ff.bandit.UCB1(5)
     assert [b.select() for _ in range(1)] == [0]
     for a in range(5):
         assert b.select() == a
@@ -54,7 +54,7 @@ def test_every_arm_is_tried_first_and_available_arms_are_respected():
 def test_ucb1_bonus_formula():
     """select() follows argmax mean_a + sqrt(c ln n / n_a), as the bonus changes with the counts and c."""
     def play(c, pulls):
-        b = ff.UCB1(2, c=c)
+        b = ff.bandit.UCB1(2, c=c)
         for arm, reward in pulls:
             b.update(arm, reward)
         return b.select()
@@ -70,11 +70,11 @@ def test_ucb1_bonus_formula():
     assert play(0.1, few) == 0 and play(0.12, few) == 1
 
 
-@pytest.mark.parametrize("kind", sorted(ff.BANDITS))
+@pytest.mark.parametrize("kind", sorted(ff.bandit.BANDITS))
 def test_state_dict_round_trips_exactly_through_json(kind):
-    a = ff.make_bandit(kind, 4)
+    a = ff.bandit.make_bandit(kind, 4)
     play(a, 200, seed=1)
-    b = ff.make_bandit(kind, 4)
+    b = ff.bandit.make_bandit(kind, 4)
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     assert b.state_dict() == a.state_dict()
     # and behaves identically from there on
@@ -83,16 +83,16 @@ def test_state_dict_round_trips_exactly_through_json(kind):
 
 def test_bad_bandit_input():
     with pytest.raises(ValueError, match="unknown bandit"):
-        ff.make_bandit("softmax", 3)
+        ff.bandit.make_bandit("softmax", 3)
     with pytest.raises(ValueError, match="at least one arm"):
-        ff.UCB1(0)
-    b = ff.UCB1(3)
+        ff.bandit.UCB1(0)
+    b = ff.bandit.UCB1(3)
     with pytest.raises(IndexError):
         b.update(3, 1.0)
     with pytest.raises(ValueError, match="finite"):
         b.update(0, float("nan"))
     with pytest.raises(ValueError, match="for ucb1 with 3 arms"):
-        ff.UCB1(4).load_state_dict(b.state_dict())
+        ff.bandit.UCB1(4).load_state_dict(b.state_dict())
 
 
 @pytest.mark.parametrize("change, match", [
@@ -106,7 +106,7 @@ def test_bad_bandit_input():
     ({"sums": None}, "'sums' must list 3 numbers"),
 ])
 def test_bandit_state_is_validated_field_by_field_and_left_untouched_on_error(change, match):
-    b = ff.UCB1(3, c=2.0)
+    b = ff.bandit.UCB1(3, c=2.0)
     b.update(1, 0.5)
     before = b.state_dict()
     with pytest.raises(ValueError, match=match):
@@ -118,7 +118,7 @@ def test_bandit_state_is_validated_field_by_field_and_left_untouched_on_error(ch
 
 @pytest.mark.parametrize("arm", [-1, 5, 1.0, True])
 def test_arm_indices_are_checked(arm):
-    b = ff.UCB1(5)
+    b = ff.bandit.UCB1(5)
     with pytest.raises(IndexError, match="out of range for 5 arms"):
         b.select([arm])
     with pytest.raises(IndexError, match="out of range for 5 arms"):

@@ -54,7 +54,7 @@ def test_streaming_recorder_equals_the_table_of_every_entry_by_hand(order, R):
                 if nodes[-1] < 0 or j >= T:
                     assert table[(k, *gaps, lead)] == float("inf")
                     continue
-                est = ff.newton_extrapolate([float(times[n]) for n in nodes[::-1]], [vs[n] for n in nodes[::-1]],
+                est = ff.extrapolate.newton_extrapolate([float(times[n]) for n in nodes[::-1]], [vs[n] for n in nodes[::-1]],
                                             float(times[j]))
                 want = ((est - vs[j]).norm() / vs[j].norm()).item()
                 assert table[(k, *gaps, lead)].item() == pytest.approx(want, rel=1e-10)

@@ -21,7 +21,7 @@ CUDA = torch.device("cuda")
     lambda: ff.EulerSampler(30),
     lambda: ff.AdamsBashforthSampler(30, order=2),
     lambda: ff.HeunSampler(10),
-    lambda: ff.ExtrapolatedEulerSampler(30, ff.static_skip_schedule(30)),
+    lambda: ff.ExtrapolatedEulerSampler(30, ff.caching.static_skip_schedule(30)),
 ])
 def test_samplers_give_the_cpu_answer_on_cuda(make):
     flow, x0 = sharp_mixture(), noise(64, 2)

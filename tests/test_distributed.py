@@ -63,7 +63,7 @@ def test_plan_policy_has_no_updates_and_bad_updates_change_nothing():
 def test_a_round_plays_one_state_for_every_batch(kw):
     s = calibrated(kw)
     start = copy.deepcopy(s)
-    results = ff.sample_round(s, FLOW, [noise(0), noise(1), noise(2)])
+    results = ff.distributed.sample_round(s, FLOW, [noise(0), noise(1), noise(2)])
     for i, r in enumerate(results):  # each batch as if it were the first after the round began
         alone = copy.deepcopy(start).sample(FLOW, noise(i))
         assert torch.equal(r.x, alone.x) and r.info["decisions"] == alone.info["decisions"]
@@ -108,7 +108,7 @@ def test_two_processes_end_with_the_state_of_one_process_in_rounds(kw):
     reference = calibrated(kw)
     decisions = []
     for q in range(rounds):
-        results = ff.sample_round(reference, FLOW, [noise(q * world + r) for r in range(world)])
+        results = ff.distributed.sample_round(reference, FLOW, [noise(q * world + r) for r in range(world)])
         decisions.append([r.info["decisions"] for r in results])
     for rank in range(world):
         state, dec = got[rank]

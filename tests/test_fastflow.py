@@ -100,7 +100,7 @@ def test_calibrated_mu_and_bandit_initialisation():
     sampler.sample(flow, noise(64, 2))
     assert sampler.calibrated and sampler.mu > 0
     # every bandit got one reward per arm that fits before the last step
-    for k, counts in sampler.arm_counts().items():
+    for k, counts in sampler.policy.arm_counts().items():
         assert counts == [1 if k + m + 1 <= 19 else 0 for m in (0, 1, 2)]
     # mu is the largest one-step extrapolation MSE over the run, divided by T
     x0 = noise(64, 2)
@@ -115,7 +115,7 @@ def test_mu_calibration_formula():
     traj = ff.EulerSampler(T).sample(flow, x0, trace=True).trace
     v = [flow(x=traj[k], t=torch.full((64,), k / T, dtype=torch.float64)) for k in range(T)]
     # relative one-step-ahead errors ||v_hat - v|| / ||v|| over the batch
-    errs = [((ff.newton_extrapolate([(k - 2) / T, (k - 1) / T], [v[k - 2], v[k - 1]], k / T) - v[k]).norm()
+    errs = [((ff.extrapolate.newton_extrapolate([(k - 2) / T, (k - 1) / T], [v[k - 2], v[k - 1]], k / T) - v[k]).norm()
              / v[k].norm()).item() for k in range(2, T)]
     assert sampler.mu == pytest.approx(max(errs) / T, rel=1e-12)
 
@@ -128,7 +128,7 @@ def test_results_are_deterministic_for_a_fixed_seed():
         warm(sampler, flow, 5)
         return sampler.sample(flow, noise(64, 2, seed=1))
 
-    for kind in ff.BANDITS:
+    for kind in ff.bandit.BANDITS:
         a, b = run(kind), run(kind)
         assert torch.equal(a.x, b.x) and a.skipped == b.skipped
 
@@ -145,9 +145,9 @@ def test_state_persists_across_calls_and_round_trips_through_a_file(tmp_path):
     x0 = noise(64, 2, seed=5)
     ra, rb = a.sample(flow, x0), b.sample(flow, x0)
     assert not rb.info["calibration_run"] and torch.equal(ra.x, rb.x) and ra.skipped == rb.skipped
-    before = sum(sum(c) for c in a.arm_counts().values())
+    before = sum(sum(c) for c in a.policy.arm_counts().values())
     a.sample(flow, x0)
-    assert sum(sum(c) for c in a.arm_counts().values()) > before  # it keeps learning
+    assert sum(sum(c) for c in a.policy.arm_counts().values()) > before  # it keeps learning
 
 
 def test_a_state_file_for_another_sampler_or_a_corrupt_one_is_refused(tmp_path):
@@ -222,13 +222,13 @@ def test_bad_configuration_gets_clear_errors():
 def test_greedy_schedule_follows_the_best_mean_arms():
     flow = sharp_mixture()
     never = ff.FastFlowSampler(20, arms=(0, 2), mu=0.0)
-    assert never.greedy_schedule() == []  # not calibrated yet: no schedule
+    assert never.policy is None  # not calibrated yet: no schedule
     never.sample(flow, noise(32, 2))
-    assert never.greedy_schedule() == []  # mu = 0: every skip only costs
+    assert never.policy.schedule() == []  # mu = 0: every skip only costs
     eager = ff.FastFlowSampler(20, arms=(0, 2), mu=1e3)
     eager.sample(flow, noise(32, 2))
     # a huge mu makes arm 2 best wherever it fits: decide at 1, skip 2-3, real 4, skip 5-6, ...
-    assert eager.greedy_schedule() == [2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+    assert eager.policy.schedule() == [2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
 
 
 def test_a_saved_state_is_tied_to_its_tag(tmp_path):

@@ -117,8 +117,8 @@ def test_fastflow_on_a_shifted_grid_makes_exactly_its_calls_and_weights_errors_b
     # the table is the unweighted one times w_j = T dt_j on each target step j
     vs = [torch.randn(4, 3, generator=torch.Generator().manual_seed(j), dtype=torch.float64) for j in range(28)]
     w = (28 * t.diff()).tolist()
-    plain = ff.error_table(t[:-1], vs, 1, 3)
-    rec = ff.TableRecorder(t[:-1], 1, 3, weights=w)
+    plain = ff.errors.error_table(t[:-1], vs, 1, 3)
+    rec = ff.errors.TableRecorder(t[:-1], 1, 3, weights=w)
     for j, v in enumerate(vs):
         rec.add(j, v)
     weighted = rec.table()

@@ -42,7 +42,7 @@ def reads(sampler, flow, x0, **kw):
     (lambda: ff.EulerSampler(30), 1),
     (lambda: ff.HeunSampler(10), 1),
     (lambda: ff.AdamsBashforthSampler(30, order=2), 1),
-    (lambda: ff.ExtrapolatedEulerSampler(30, ff.static_skip_schedule(30)), 1),
+    (lambda: ff.ExtrapolatedEulerSampler(30, ff.caching.static_skip_schedule(30)), 1),
     (lambda: ff.TaylorSeerSampler(30), 1),
     (lambda: ff.TeaCacheSampler(30, threshold=0.1), 1 + 29),  # its rule needs a host number per step
 ])
@@ -97,7 +97,7 @@ SAMPLERS = {
     "heun": lambda: ff.HeunSampler(10),
     "ab2": lambda: ff.AdamsBashforthSampler(20, order=2),
     "ab3": lambda: ff.AdamsBashforthSampler(20, order=3),
-    "fixed": lambda: ff.ExtrapolatedEulerSampler(20, ff.static_skip_schedule(20)),
+    "fixed": lambda: ff.ExtrapolatedEulerSampler(20, ff.caching.static_skip_schedule(20)),
     "taylorseer": lambda: ff.TaylorSeerSampler(20),
     "teacache": lambda: ff.TeaCacheSampler(20, threshold=0.1),
     "flowturbo": lambda: ff.FlowTurboSampler(heun=3, pseudo=2),

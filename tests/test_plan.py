@@ -17,7 +17,7 @@ def brute_force(table, T, K, p, R):
             run = run + 1 if j in S else 0
             ok &= run <= R
         if ok:
-            best = min(best, ff.plan_cost(table, T, S, p))
+            best = min(best, ff.plan.plan_cost(table, T, S, p))
     return best
 
 
@@ -25,19 +25,19 @@ def brute_force(table, T, K, p, R):
 def test_plan_is_the_exact_minimiser_over_every_feasible_skip_set(order, T, R):
     g = torch.Generator().manual_seed(order * 100 + T)
     table = torch.rand(ff.errors.table_shape(T, order, R), generator=g, dtype=torch.float64)
-    costs = ff.planned_costs(table, T, order, R)
-    for K in range(ff.min_calls(T, order, R), T + 1):
+    costs = ff.plan.planned_costs(table, T, order, R)
+    for K in range(ff.plan.min_calls(T, order, R), T + 1):
         skip = ff.plan_skips(table, T, K, order, R)
         assert len(skip) == T - K and all(order < j < T - 1 for j in skip)
         best = brute_force(table, T, K, order, R)
-        assert ff.plan_cost(table, T, skip, order) == pytest.approx(best, rel=1e-12, abs=1e-15)
+        assert ff.plan.plan_cost(table, T, skip, order) == pytest.approx(best, rel=1e-12, abs=1e-15)
         assert float(costs[K]) == pytest.approx(best, rel=1e-12, abs=1e-15)
-    assert torch.isinf(costs[:ff.min_calls(T, order, R)]).all()
+    assert torch.isinf(costs[:ff.plan.min_calls(T, order, R)]).all()
 
 
 def test_min_calls_is_the_true_minimum():
     T, R, p = 50, 4, 1
-    lo = ff.min_calls(T, p, R)
+    lo = ff.plan.min_calls(T, p, R)
     assert lo == 12  # 38 skips in runs of <= 4 after the 10 reals 1..48 that can start a run
     table = torch.ones(ff.errors.table_shape(T, p, R), dtype=torch.float64)
     assert len(ff.plan_skips(table, T, lo, p, R)) == T - lo
@@ -50,7 +50,7 @@ def test_table_entries_are_relative_errors_of_newton_extrapolation_on_an_uneven_
     times = torch.tensor([0.0, 0.05, 0.2, 0.3, 0.45, 0.5, 0.7, 0.75, 0.9, 0.97], dtype=torch.float64)
     vs = [flow(x=x0 * (1 - t) + t, t=t.expand(32)) for t in times]
     for order, R in ((1, 2), (2, 1)):
-        table = ff.error_table(times, vs, order, R)
+        table = ff.errors.error_table(times, vs, order, R)
         assert table.shape == ff.errors.table_shape(10, order, R)
         checked = 0
         for idx in itertools.product(*(range(n) for n in table.shape)):
@@ -61,7 +61,7 @@ def test_table_entries_are_relative_errors_of_newton_extrapolation_on_an_uneven_
             if nodes[-1] < 0 or k + lead > 9:
                 assert torch.isinf(table[idx]), idx
                 continue
-            v_hat = ff.newton_extrapolate([times[n].item() for n in nodes[::-1]], [vs[n] for n in nodes[::-1]],
+            v_hat = ff.extrapolate.newton_extrapolate([times[n].item() for n in nodes[::-1]], [vs[n] for n in nodes[::-1]],
                                           times[k + lead].item())
             want = ((v_hat - vs[k + lead]).norm() / vs[k + lead].norm()).item()
             assert table[idx].item() == pytest.approx(want, rel=1e-9), idx
@@ -77,7 +77,7 @@ def test_relative_error_does_not_depend_on_the_scale_of_the_model():
     times = [k / T for k in range(T)]
     traj = ff.EulerSampler(T).sample(flow, x0, trace=True).trace
     vs = [flow(x=traj[k], t=torch.full((64,), k / T, dtype=torch.float64)) for k in range(T)]
-    t1, t2 = ff.error_table(times, vs, 1, 6), ff.error_table(times, [1e4 * v for v in vs], 1, 6)
+    t1, t2 = ff.errors.error_table(times, vs, 1, 6), ff.errors.error_table(times, [1e4 * v for v in vs], 1, 6)
     assert torch.equal(torch.isfinite(t1), finite)
     assert torch.allclose(t1[finite], t2[finite], rtol=1e-9, atol=0)
     assert torch.allclose(t1[finite], a.table[finite], rtol=1e-9, atol=0)

@@ -28,7 +28,7 @@ def test_a_call_budget_is_met_exactly_on_every_run(policy):
 
 def test_the_plan_is_the_dp_optimum_of_the_calibration_table_and_plays_without_host_reads():
     s = calibrated(calls=18)
-    assert s.schedule() == ff.plan_skips(s.table, 50, 18, 1, ff.DEFAULT_MAX_RUN)
+    assert s.schedule() == ff.plan_skips(s.table, 50, 18, 1, ff.controller.DEFAULT_MAX_RUN)
     out = s.sample(sharp_mixture(), noise(32, 2, seed=3))
     assert out.skipped == s.schedule() and out.info["host_reads"] == 1  # the finiteness check's one read
     assert s.sample(sharp_mixture(), noise(32, 2, seed=3), check=False).info["host_reads"] == 0
@@ -50,10 +50,10 @@ def test_paper_bandit_with_a_budget_adapts_mu_until_the_mean_calls_meet_it():
 def test_tolerance_picks_the_fewest_calls_whose_planned_error_fits():
     for tau in (0.25, 1.0, 3.0):
         s = calibrated(tolerance=tau)
-        costs = ff.planned_costs(s.table, 50, 1, ff.DEFAULT_MAX_RUN)
+        costs = ff.plan.planned_costs(s.table, 50, 1, ff.controller.DEFAULT_MAX_RUN)
         budget = tau * float(s.euler_errors.sum())
         K = s.calls_target
-        assert costs[K] <= budget and (K == ff.min_calls(50, 1, 6) or costs[K - 1] > budget)
+        assert costs[K] <= budget and (K == ff.plan.min_calls(50, 1, 6) or costs[K - 1] > budget)
         assert s.planned_error() <= tau
     ks = [calibrated(tolerance=tau).calls_target for tau in (0.1, 0.3, 1.0, 3.0)]
     assert ks == sorted(ks, reverse=True) and ks[0] > ks[-1]
@@ -92,7 +92,7 @@ def test_planning_bandit_learns_under_drift_what_the_stale_static_plan_cannot():
     for i in range(30):
         assert s.sample(used, noise(64, 2, seed=200 + i)).nfe == 16
     assert (s.policy.ucb.counts - before).sum() == 30 * (16 - 2)  # one observation per decision (reals 1..48)
-    cost = lambda skip: ff.plan_cost(truth.table, 50, skip)  # noqa: E731
+    cost = lambda skip: ff.plan.plan_cost(truth.table, 50, skip)  # noqa: E731
     assert cost(s.schedule()) < cost(stale)
     assert cost(truth.schedule()) <= cost(s.schedule())  # the optimum on the true table bounds both
 
@@ -113,7 +113,7 @@ def test_freeze_reproduces_the_plan_bit_for_bit_and_round_trips_through_json(tmp
     with pytest.raises(ValueError, match="schedule.json"):
         ff.ExtrapolatedEulerSampler.load(path)
     paper = calibrated(T=20, policy="paper", mu=1e3, arms=(0, 2))
-    assert sorted(paper.freeze().skip) == paper.greedy_schedule()
+    assert sorted(paper.freeze().skip) == paper.policy.schedule()
 
 
 @pytest.mark.parametrize("kw", [dict(calls=16), dict(calls=16, policy="bandit"), dict(policy="paper", calls=20),
@@ -179,7 +179,7 @@ def test_a_run_that_fails_part_way_leaves_the_state_as_it_was(kw):
 
 def test_paper_configuration_is_one_line():
     s = ff.FastFlowSampler.paper(20)
-    assert s.policy_name == "paper" and not s.normalize_rewards and s.tolerance is None
+    assert s.policy_name == "paper" and not s.spec.normalize and s.tolerance is None
     s.sample(sharp_mixture(), noise(32, 2))
     pol = s.policy
     one_step = [float(s.table[k, 1, 1]) for k in range(1, 19)]
@@ -206,5 +206,5 @@ def test_bad_input_gets_clear_errors():
     for what in ("schedule", "freeze", "planned_error"):
         with pytest.raises(ValueError, match="needs a calibration run"):
             getattr(ff.FastFlowSampler(50), what)()
-    with pytest.raises(ValueError, match="only with policy='paper'"):
-        calibrated(calls=16).arm_counts()
+    with pytest.raises(AttributeError, match="arm_counts"):  # per-step bandits exist only in the paper policy
+        calibrated(calls=16).policy.arm_counts()
