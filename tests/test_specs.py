@@ -158,3 +158,20 @@ def test_the_top_level_is_small_and_the_rest_is_in_namespaces():
     assert ff.plan.min_calls and ff.policy.PlanPolicy and ff.bandit.UCB1 and ff.errors.TableRecorder
     assert ff.controller.SkipController and ff.persist.Calibration and ff.checks.int_in
     assert not hasattr(ff, "UCB1") and not hasattr(ff, "TableRecorder")
+
+
+def test_the_wrapper_takes_a_spec_and_plays_what_the_sampler_plays():
+    flow, T = sharp_mixture(), 20
+    spec = ff.PaperBandit(arms=(0, 1, 2), mu=0.05)
+    w = ff.SkipWrapper(flow, policy=spec)
+    loop = ff.EulerSampler(T)
+    w.calibrate(loop.sample, w, noise(64, 2, seed=1))
+    s = ff.FastFlowSampler(T, policy=spec)
+    s.calibrate(flow, noise(64, 2, seed=1))
+    assert w.spec is spec and w.skips.max_run == 2 == s.max_run
+    torch.testing.assert_close(w.skips.table, s.table, rtol=1e-9, atol=0)  # times as floats read back
+    assert w.schedule() == s.schedule()
+    frozen = w.freeze()  # the paper policy's schedule, played as a fixed plan
+    loop.sample(frozen, noise(8, 2))
+    frozen.reset()
+    assert frozen.last_generation["skipped_steps"] == s.schedule()
