@@ -513,7 +513,7 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
                 nfe = res.nfe
                 write_shard(path, images, y, indices, fp, run_id, update, nfe)
                 mine += len(indices)
-                crash_for_test(rank, mine)
+                fault_for_test(rank, mine, j, path)
             nfes.append(nfe)
         try:  # every rank applies the same updates: a refused one fails on every rank alike
             if world > 1:
@@ -592,9 +592,13 @@ def make_report(args, per_rank, world, resampled, device) -> dict:
             "resampled_shards": resampled, "fingerprint": fingerprint(args), "machine": machine_info(device)}
 
 
-def crash_for_test(rank: int, done: int) -> None:
-    """Fault injection for the resume test: SAMPLE_DDP_KILL="rank:images" makes that rank kill
-    itself with SIGKILL once it has sampled that many images in this run."""
+def fault_for_test(rank: int, done: int, batch: int, path: str) -> None:
+    """Fault injection for the tests: SAMPLE_DDP_KILL="rank:images" makes that rank kill itself
+    with SIGKILL once it has sampled that many images in this run; SAMPLE_DDP_DAMAGE="batch"
+    truncates that batch's shard right after it is written (a disk that lost it)."""
+    if os.environ.get("SAMPLE_DDP_DAMAGE") == str(batch):
+        with open(path, "r+b") as f:
+            f.truncate(100)
     spec = os.environ.get("SAMPLE_DDP_KILL")
     if spec:
         r, images = (int(v) for v in spec.split(":"))

@@ -137,7 +137,7 @@ def read_idx(path: str, kind: str | None = None) -> np.ndarray:
                     break
                 data += piece
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: not a readable .gz file ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable .gz file ({e or type(e).__name__})") from None
     if len(data) != body:
         found = f"more than {body}" if len(data) > body else str(len(data))
         raise ValueError(f"{path}: header says {dims} = {body} bytes but found {found}")

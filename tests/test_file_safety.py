@@ -193,7 +193,8 @@ def mnist_root(tmp_path):
     root.mkdir()
     images = np.random.default_rng(0).integers(0, 256, size=(16, 28, 28), dtype=np.uint8)
     labels = np.arange(16, dtype=np.uint8) % 10
-    for name, arr, magic in [("train-images-idx3-ubyte.gz", images, 2051), ("train-labels-idx1-ubyte.gz", labels, 2049)]:
+    for name, arr, magic in [("train-images-idx3-ubyte.gz", images, 2051),
+                             ("train-labels-idx1-ubyte.gz", labels, 2049)]:
         header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
         with gzip.open(root / name, "wb") as f:
             f.write(header + arr.tobytes())
