@@ -14,12 +14,17 @@ are byte-identical whenever the batches are (same --batch-size), and otherwise f
 apart.
 
 Shards and resume. Each batch is written as soon as it is done, atomically, to
-<--shard-dir>/shard_<batch>.npz with its indices, the run's arguments and what FastFlow learned
-from it. A rerun with the same arguments skips the valid shards, resamples corrupt ones (and
-says so), and refuses shards written with other arguments (naming them). Rank 0 merges the
-shards into --out-npz (arr_0: uint8 N x H x W x C images, arr_1: int64 labels; the layout of the
-ADM evaluation suite and DiT's sample_ddp.py), checks that every index is there exactly once,
-and removes the shards only after the merged file is written.
+<--shard-dir>/shard_<batch>.npz with its indices, the run's arguments (with the sha256 of the
+checkpoint, so a retrained model of the same name and size is another run), the run id and
+what FastFlow learned from it. A rerun with the same arguments skips the valid shards,
+resamples corrupt ones (and says why), and refuses shards written with other arguments or by
+another run (naming them). Valid means checked, not trusted: the members, dtypes and shapes of
+the run, read from the zip directory and the .npy headers before anything is decompressed; the
+batch's indices; labels that are the function of the indices above; an nfe in range. Rank 0
+merges the shards into --out-npz (arr_0: uint8 N x H x W x C images, arr_1: int64 labels; the
+layout of the ADM evaluation suite and DiT's sample_ddp.py), checks that every index is there
+exactly once, and removes the shards only after the merged file is written. An error on any
+rank (rank 0's merge included) ends every rank with that rank's reason.
 
 The shard folder belongs to the run. The run creates it (or takes a given one only if it is
 empty) and writes a marker, sample_ddp-run.json, with its fingerprint and a run id; a folder
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import math
@@ -483,38 +489,47 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
 
     batches = math.ceil(n / B)
     rounds = math.ceil(batches / world)
+
+    def batch(j: int):
+        """Batch j's (update, nfe, images sampled, seconds, the path if a bad shard was replaced):
+        from its valid shard, or sampled and written."""
+        indices, path = range(j * B, min((j + 1) * B, n)), shard_path(shard_dir, j)
+        found = read_shard(path, indices, fp, run_id, spec)
+        if isinstance(found, tuple):
+            return found[2], found[3], 0, 0.0, None
+        if found is not None:
+            print(f"sample_ddp.py: {path} is corrupt or incomplete ({found}): sampling it again", file=sys.stderr)
+        x0 = index_noise(indices, shape, args.seed).to(device)
+        y = index_labels(indices, config.num_classes, args.cls)
+        start = time.perf_counter()
+        if isinstance(sampler, ff.FastFlowSampler):
+            with sampler.deferred_updates():
+                res = sampler.sample(velocity, x0, y=y.to(device), cfg_scale=args.cfg)
+            update = res.info.get("update")
+        else:
+            res, update = sampler.sample(velocity, x0, y=y.to(device), cfg_scale=args.cfg), None
+        images = to_uint8(res.x)  # the host copy also waits for the device
+        seconds = time.perf_counter() - start
+        if os.environ.get("SAMPLE_DDP_FULL") == str(j):  # fault injection: see fault_for_test
+            raise OSError(errno.ENOSPC, f"cannot write {path}: {os.strerror(errno.ENOSPC)}")
+        write_shard(path, images, y, indices, fp, run_id, update, res.nfe)
+        return update, res.nfe, len(indices), seconds, path if found is not None else None
+
     bar = tqdm(total=n, desc=f"sampling on {world} process(es)", disable=rank != 0 or args.quiet)
     seconds, nfes, mine, resampled = 0.0, [], 0, []
     for q in range(rounds):
         j = q * world + rank
-        update, nfe = None, None
-        indices = range(j * B, min((j + 1) * B, n)) if j < batches else range(0)
-        path = shard_path(shard_dir, j)
-        found = agree(world, read_shard, path, indices, fp, run_id, spec) if j < batches else agree(world, lambda: None)
+        update = None
+        # Any rank's error (a shard of another run, a disk that is full) is every rank's.
         if j < batches:
-            if isinstance(found, tuple):
-                _, _, update, nfe = found
-            else:
-                if found is not None:
-                    resampled.append(path)
-                    print(f"sample_ddp.py: {path} is corrupt or incomplete ({found}): sampling it again",
-                          file=sys.stderr)
-                x0 = index_noise(indices, shape, args.seed).to(device)
-                y = index_labels(indices, config.num_classes, args.cls)
-                start = time.perf_counter()
-                if isinstance(sampler, ff.FastFlowSampler):
-                    with sampler.deferred_updates():
-                        res = sampler.sample(velocity, x0, y=y.to(device), cfg_scale=args.cfg)
-                    update = res.info.get("update")
-                else:
-                    res = sampler.sample(velocity, x0, y=y.to(device), cfg_scale=args.cfg)
-                images = to_uint8(res.x)  # the host copy also waits for the device
-                seconds += time.perf_counter() - start
-                nfe = res.nfe
-                write_shard(path, images, y, indices, fp, run_id, update, nfe)
-                mine += len(indices)
-                fault_for_test(rank, mine, j, path)
+            update, nfe, made, took, replaced = agree(world, batch, j)
             nfes.append(nfe)
+            seconds, mine = seconds + took, mine + made
+            resampled += [replaced] if replaced else []
+            if made:
+                fault_for_test(rank, mine, j, shard_path(shard_dir, j))
+        else:
+            agree(world, lambda: None)
         try:  # every rank applies the same updates: a refused one fails on every rank alike
             if world > 1:
                 share_updates(sampler, update)
@@ -533,7 +548,9 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
         per_rank = [torch.zeros_like(stats) for _ in range(world)]
         dist.all_gather(per_rank, stats.to(device) if device.type == "cuda" else stats)
         per_rank = [s.cpu() for s in per_rank]
-        dist.barrier()  # every shard is on disk
+        every = [None] * world
+        dist.all_gather_object(every, resampled)  # also: every shard is on disk
+        resampled = sorted(p for r in every for p in r)
     # Rank 0 merges and writes; its error, if any, is every rank's (the others wait for it here).
     return agree(world, finish if rank == 0 else (lambda *a: {}), args, sampler, shard_dir, fp, run_id, spec,
                  per_rank, world, resampled, device)
@@ -595,7 +612,8 @@ def make_report(args, per_rank, world, resampled, device) -> dict:
 def fault_for_test(rank: int, done: int, batch: int, path: str) -> None:
     """Fault injection for the tests: SAMPLE_DDP_KILL="rank:images" makes that rank kill itself
     with SIGKILL once it has sampled that many images in this run; SAMPLE_DDP_DAMAGE="batch"
-    truncates that batch's shard right after it is written (a disk that lost it)."""
+    truncates that batch's shard right after it is written (a disk that lost it). (And
+    SAMPLE_DDP_FULL="batch" fails that batch's shard write as a full disk would.)"""
     if os.environ.get("SAMPLE_DDP_DAMAGE") == str(batch):
         with open(path, "r+b") as f:
             f.truncate(100)

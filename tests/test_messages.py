@@ -179,24 +179,27 @@ def test_a_failed_collective_is_one_line_naming_the_rank_and_the_timeout(tmp_pat
                                 "of them died or took longer than --timeout 30 s")
 
 
-def test_rank_0s_merge_failure_is_every_ranks_error(tmp_path):
-    """A shard of rank 1 lost after it was written: rank 0's merge fails, and both ranks end with
-    rank 0's reason instead of rank 1 dying in a collective. The two ranks are started by hand
-    (torchrun would stop one as soon as the other exits), so each one's last words are seen."""
+@pytest.mark.parametrize("fault, line", [
+    ("SAMPLE_DDP_DAMAGE", "rank 0: {shard} is corrupt (not a readable .npz (BadZipFile: File is not a zip file)) "
+                          "after sampling; rerun to sample it again"),
+    ("SAMPLE_DDP_FULL", "rank 1: [Errno 28] cannot write {shard}: No space left on device")], ids=["merge", "write"])
+def test_one_ranks_failure_is_every_ranks_error(fault, line, tmp_path):
+    """Rank 1's shard lost after it was written, so rank 0's merge fails; or rank 1's disk full:
+    both ranks end with the failing rank's reason, neither dies in a collective. The two ranks
+    are started by hand (torchrun would stop one as soon as the other exits), so each one's
+    last words are seen."""
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "a.npz"
     cmd = [sys.executable, "sample_ddp.py", *FAST, "--num-samples", "8", "--out-npz", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAMPLE_DDP_DAMAGE": "1", "WORLD_SIZE": "2",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", fault: "1", "WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     ranks = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
     ends = [p.communicate(timeout=300) for p in ranks]
-    shard = tmp_path / "a.npz.shards" / "shard_000001.npz"
-    line = (f"sample_ddp.py: error: rank 0: {shard} is corrupt (not a readable .npz (BadZipFile: File is not a zip "
-            f"file)) after sampling; rerun to sample it again\n")
+    line = "sample_ddp.py: error: " + line.format(shard=tmp_path / "a.npz.shards" / "shard_000001.npz") + "\n"
     for p, (_, err) in zip(ranks, ends):
         assert p.returncode == 1 and err == line, err[-3000:]
     assert not out.exists()
