@@ -94,11 +94,12 @@ class VelocityField:
         self.steps = len(self.grid) - 1
         self.steps_dt = ([1.0 / self.steps] * self.steps if is_uniform(grid)  # exactly 1 / T when uniform
                          else [b - a for a, b in zip(self.grid, self.grid[1:])])
-        self.shape = x_init.shape
+        self.shape, self.dtype = x_init.shape, x_init.dtype
         self.check = check
         self.nfe = 0
         self.skipped: list[int] = []
         self._finite: list[torch.Tensor] = []   # one 0-d bool per call, read by verify()
+        self._finite_raw: list[torch.Tensor] = []  # the same before the cast to x's dtype
         self._times: list[float] = []
         self.guard = OutputGuard() if guard else None  # refuses outputs that reuse a kept output's memory
 
@@ -128,12 +129,16 @@ class VelocityField:
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"velocity returned {got}, expected a tensor of shape {tuple(x.shape)} "
                              f"(call {self.nfe}, t={t:.4f})")
+        raw = None
         if v.dtype != x.dtype:  # the state keeps x_init's dtype: a model in bf16 or fp64 is cast back
+            if self.check:  # finite before the cast: a later non-finite flag means the cast overflowed
+                raw = torch.isfinite(v).all()
             v = v.to(x.dtype)
         if self.guard is not None:
             self.guard.own(v)
         if self.check:
             self._finite.append(torch.isfinite(v).all())
+            self._finite_raw.append(self._finite[-1] if raw is None else raw)
             self._times.append(t)
         return v
 
@@ -146,10 +151,14 @@ class VelocityField:
         """
         if not self._finite:
             return 0
-        flags = torch.stack(self._finite).tolist()
+        flags, raw = torch.stack([torch.stack(self._finite), torch.stack(self._finite_raw)]).tolist()
         if not all(flags):
             first = flags.index(False)
-            raise ValueError(f"velocity returned non-finite values (call {first + 1}, t={self._times[first]:.4f})")
+            where = f"call {first + 1}, t={self._times[first]:.4f}"
+            if raw[first]:
+                raise ValueError(f"velocity values overflow the dtype of x ({self.dtype}, largest "
+                                 f"{torch.finfo(self.dtype).max:.6g}) when cast to it ({where}); sample in a wider dtype")
+            raise ValueError(f"velocity returned non-finite values ({where})")
         return 1
 
     def at(self, k: int, x: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,9 @@ def edm(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: floa
     return t
 
 
+MIN_STEP = 1e-9  # the shortest step a grid may have, relative to its span
+
+
 def check_times(times: Grid) -> torch.Tensor:
     """Validate a grid and return it as a float64 CPU tensor (T + 1,).
 
@@ -98,8 +101,8 @@ def check_times(times: Grid) -> torch.Tensor:
 
     Raises:
         ValueError: one line saying what is wrong: not a sequence of numbers, not 1-D, fewer than
-            3 points (2 steps), not finite, outside [0, 1], or not strictly monotone (naming the
-            first offending pair).
+            3 points (2 steps), not finite, outside [0, 1], not strictly monotone (naming the
+            first offending pair), or with a step shorter than 1e-9 of the grid's span.
     """
     try:
         t = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
@@ -120,6 +123,12 @@ def check_times(times: Grid) -> torch.Tensor:
         what = "repeats" if t[k + 1] == t[k] else ("decreases" if increasing else "increases")
         raise ValueError(f"times must be strictly {'increasing' if increasing else 'decreasing'}: it {what} "
                          f"at index {k + 1} ({float(t[k])} then {float(t[k + 1])})")
+    span = abs(float(t[-1] - t[0]))
+    shortest = float((t[1:] - t[:-1]).abs().min())
+    if shortest < MIN_STEP * span:  # divided differences over such a step overflow: no velocity can be told apart
+        k = int((t[1:] - t[:-1]).abs().argmin())
+        raise ValueError(f"times has a step of {shortest:.3g} at index {k} ({float(t[k])} to {float(t[k + 1])}), "
+                         f"shorter than {MIN_STEP:g} of its span: too short to integrate or extrapolate over")
     t = t.clone()
     t[t.abs() <= 1e-12] = 0.0
     t[(t - 1).abs() <= 1e-12] = 1.0

@@ -146,3 +146,16 @@ def test_a_crafted_plan_with_repeated_steps_is_refused(tmp_path):
 def test_plan_and_adapter_arguments_fail_in_one_line(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_float16_overflow_is_named_as_such_not_as_a_non_finite_model():
+    x = noise(4, 2).half()
+    with pytest.raises(ValueError, match=r"overflow the dtype of x \(torch.float16, largest 65504\)"):
+        ff.EulerSampler(4).sample(lambda x, t: torch.full(x.shape, 1e5, dtype=torch.float32), x)
+    with pytest.raises(ValueError, match="non-finite values"):
+        ff.EulerSampler(4).sample(lambda x, t: torch.full(x.shape, float("nan"), dtype=torch.float32), x)
+
+
+def test_a_grid_step_too_short_to_extrapolate_over_is_refused_when_the_grid_is_made():
+    with pytest.raises(ValueError, match=r"step of 1e-300 at index 0 .* shorter than 1e-09 of its span"):
+        ff.FastFlowSampler(times=[0.0, 1e-300, 0.5, 0.75, 1.0], calls=4)
