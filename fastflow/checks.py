@@ -27,8 +27,8 @@ def int_in(name: str, value, lo: int, hi: Optional[int] = None) -> int:
         ValueError: naming ``name`` and the range otherwise.
     """
     if not is_int(value) or value < lo or (hi is not None and value > hi):
-        where = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an int {where}, got {value!r}")
+        what = f"an int in [{lo}, {hi}]" if hi is not None else ("a non-negative int" if lo == 0 else f"an int >= {lo}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return value
 
 
