@@ -1,9 +1,11 @@
 """Every sampler on the same noise and labels: quality against cost.
 
 Writes results/bench.json and results/pareto.png and prints a table. For each sampler:
-NFE (model calls per batch), wall time of one batch (median over --repeats round-robin
-rounds in which every sampler is timed once, after one untimed round, in this process), the share of that time spent outside the model
-(sampler overhead), PSNR and SSIM against Euler-50 from the same noise and labels,
+NFE (model calls per batch), wall time of one batch (models/timing.py: an untimed warm-up
+run of every sampler, then the median of --repeats interleaved rounds), time per model call,
+the speedup over Euler-50 and its call-ratio ceiling (50 / NFE; a speedup above 1.05 x the
+ceiling is flagged as a measurement problem, not reported), the share of the time spent
+outside the model (sampler overhead), PSNR and SSIM against Euler-50 from the same noise and labels,
 classifier accuracy, and the FID-style Frechet distance to the 10k real digits in the
 feature space of the project's digit classifier (not Inception FID).
 
@@ -14,6 +16,10 @@ replay the measurement's first batch from the state it started from (a copy take
 warm-up): the calls and decisions that are timed are the ones whose quality is reported, and
 the NFE column counts that batch (``nfe_all_batches`` in the JSON is the mean over all of them).
 
+The targets (FastFlow 2.6x faster than Euler-50 at 30 dB and at most 1 accuracy point lost;
+better than Euler at equal calls) are judged only on at least VERDICT_MIN_SAMPLES samples and
+repeated timings; a smaller run says so instead of giving a verdict.
+
     python benchmarks/bench.py                       # full run (minutes on 2 CPU cores)
     python benchmarks/bench.py --n 8 --batch-size 8 --repeats 1 --warmup 1 --quick   # smoke (make bench-smoke)
 """
@@ -22,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +44,9 @@ from models.cli import (OneLineParser, check_writable, finite_float, nonnegative
 from models.sampling import parse_checked  # noqa: E402
 from models.evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER,  # noqa: E402
                                Judge, balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
+from models.timing import MIN_ROUNDS, Comparison, Contender, compare  # noqa: E402
+
+VERDICT_MIN_SAMPLES = 100  # fewer evaluation samples than this judge no target
 
 
 class TimedVelocity:
@@ -162,47 +170,63 @@ def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, referen
     return row, run.images, for_timing
 
 
-def time_interleaved(factories, velocity, xb, yb, args, device) -> list[list[float]]:
-    """Wall time of one batch for every sampler, in ``args.repeats`` round-robin rounds after one
-    untimed round, so that slow drifts of a shared machine hit every sampler alike.
+def time_interleaved(factories: dict, velocity, xb, yb, args, device, reference: str = "Euler-50") -> Comparison:
+    """Wall time of one batch for every sampler (models.timing.compare): an untimed warm-up run
+    of each, then ``args.repeats`` interleaved rounds, so that slow drifts of a shared machine hit
+    every sampler alike; speedups against ``reference`` are checked against their call ratio.
 
     Args:
-        factories: per configuration, a callable giving the sampler to time (called outside the
-            timed region before every run, so a learning policy replays the same state).
-    Returns:
-        the times and the NFE of each timed run, per configuration."""
-    times, nfes = [[] for _ in factories], [[] for _ in factories]
-    for rnd in tqdm(range(args.repeats + 1), desc="timing rounds"):
-        for i, factory in enumerate(factories):
-            sampler = factory()
-            sync(device)
-            start = time.perf_counter()
-            res = sampler.sample(velocity, xb, y=yb, cfg_scale=args.cfg)
-            sync(device)
-            if rnd > 0:
-                times[i].append(time.perf_counter() - start)
-                nfes[i].append(res.nfe)
-    return times, nfes
+        factories: label -> a callable giving the sampler to time (called outside the timed
+            region before every run, so a learning policy replays the same state).
+    """
+    def contender(factory):
+        return Contender(lambda s: s.sample(velocity, xb, y=yb, cfg_scale=args.cfg).nfe, factory)
+    return compare({label: contender(f) for label, f in factories.items()},
+                   reference if reference in factories else None, rounds=args.repeats, device=device,
+                   progress=lambda it: tqdm(it, desc="timing rounds"))
 
 
-def targets(rows: list[dict]) -> dict:
-    """The project's targets, checked on the measured rows."""
+def judged(args, comparison: Comparison) -> str | None:
+    """Why this run judges no target (None when it does)."""
+    why = [f"{args.n} samples"] if args.n < VERDICT_MIN_SAMPLES else []
+    if not comparison.repeated:
+        why.append(f"unrepeated timing, {comparison.rounds} round{'s' if comparison.rounds > 1 else ''}")
+    return ", ".join(why) or None
+
+
+def targets(rows: list[dict], not_judged: str | None = None) -> dict:
+    """The project's targets, checked on the measured rows; None where not judged (``not_judged``
+    says why for the whole run; a speedup above its ceiling is not judged either)."""
     euler50 = next(r for r in rows if r["label"] == "Euler-50")
     out = {}
     for r in rows:
         if r["family"] != "fastflow":
             continue
-        speedup = euler50["seconds_per_batch"] / r["seconds_per_batch"]
+        speedup = r["speedup"]  # None: above its call-ratio ceiling, a measurement problem
         euler_psnr = r.get("euler_same_nfe_psnr")
-        entry = {"speedup": speedup, "nfe_ratio": euler50["nfe"] / r["nfe"], "psnr": r.get("psnr"),
-                 "euler_psnr_at_same_nfe": euler_psnr,
-                 "accuracy_drop_points": 100 * (euler50.get("accuracy", 0) - r.get("accuracy", 0))}
-        entry["speedup_2.6x_at_30dB_and_1pt"] = bool(speedup >= 2.6 and (r.get("psnr") or 0) >= 30
-                                                   and entry["accuracy_drop_points"] <= 1.0)
-        entry["beats_euler_at_equal_nfe"] = bool(r.get("psnr") is not None and euler_psnr is not None
-                                                 and r["psnr"] > euler_psnr)
+        entry = {"speedup": speedup, "speedup_ceiling": r["speedup_ceiling"], "nfe_ratio": euler50["nfe"] / r["nfe"],
+                 "psnr": r.get("psnr"), "euler_psnr_at_same_nfe": euler_psnr,
+                 "accuracy_drop_points": 100 * (euler50.get("accuracy", 0) - r.get("accuracy", 0)),
+                 "not_judged": not_judged or (None if speedup is not None else "speedup above its ceiling")}
+        entry["speedup_2.6x_at_30dB_and_1pt"] = None if entry["not_judged"] else bool(
+            speedup >= 2.6 and (r.get("psnr") or 0) >= 30 and entry["accuracy_drop_points"] <= 1.0)
+        entry["beats_euler_at_equal_nfe"] = None if not_judged else bool(
+            r.get("psnr") is not None and euler_psnr is not None and r["psnr"] > euler_psnr)
         out[r["label"]] = entry
     return out
+
+
+def verdict(label: str, t: dict) -> str:
+    """One line per FastFlow row: its numbers, then the verdicts or why there are none."""
+    speed = "above its ceiling (not a result)" if t["speedup"] is None else f"{t['speedup']:.2f}x"
+    psnr = "-" if t["psnr"] is None else f"{t['psnr']:.1f} dB"
+    same = "-" if t["euler_psnr_at_same_nfe"] is None else f"{t['euler_psnr_at_same_nfe']:.1f}"
+    line = (f"{label}: speedup {speed} (ceiling {t['speedup_ceiling']:.2f}x), PSNR {psnr} (Euler at same NFE "
+            f"{same}), accuracy drop {t['accuracy_drop_points']:.1f} pt -> ")
+    word = {True: "met", False: "MISSED", None: "not judged"}
+    line += (f"2.6x target {word[t['speedup_2.6x_at_30dB_and_1pt']]}, "
+             f"equal-NFE target {word[t['beats_euler_at_equal_nfe']]}")
+    return line + (f" ({t['not_judged']})" if t["not_judged"] else "")
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -228,9 +252,13 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    named = {}  # one legend for the figure: every family that appears in any panel
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label, handle)
+    fig.legend([named[k] for k in sorted(named)], sorted(named), loc="center right", fontsize=8, title="sampler family")
     fig.suptitle("Quality against cost, same noise and labels (higher PSNR, lower distance is better)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -255,7 +283,7 @@ def main(args):
     x0, labels = make_noise(args.n, shape, args.seed), balanced_labels(args.n, config.num_classes)
     velocity = model.forward_with_cfg
     mus = [None] + args.mu
-    rows, factories, reference = [], [], None
+    rows, factories, reference = [], {}, None
     cfgs = configurations(args.quick, refiner, mus)
     exact = None
     if args.exact_steps:  # a converged solution of the model's ODE from the same noise (see --exact-steps)
@@ -268,56 +296,62 @@ def main(args):
             reference = images
             row["psnr"], row["ssim"] = None, 1.0  # the reference itself
         rows.append(row)
-        factories.append(for_timing)
+        factories[cfg.label] = for_timing
     xb, yb = x0[:args.batch_size].to(device), labels[:args.batch_size].to(device)  # the first batch
-    times, nfes = time_interleaved(factories, velocity, xb, yb, args, device)
-    for r, t, n in zip(rows, times, nfes):
-        r["seconds_per_batch"], r["timed_runs"] = statistics.median(t), t
-        r["timed_nfe"] = sum(n) / len(n)
-    euler50 = next(r for r in rows if r["label"] == "Euler-50")
+    comparison = time_interleaved(factories, velocity, xb, yb, args, device)
     for r in rows:
-        r["speedup"] = euler50["seconds_per_batch"] / r["seconds_per_batch"]
-        r["seconds_per_call"] = r["seconds_per_batch"] / r["timed_nfe"]
-    result = {"machine": machine_info(device), "args": vars(args), "rows": rows, "targets": targets(rows)}
+        t = comparison[r["label"]]
+        r.update(seconds_per_batch=t.seconds, timed_runs=t.runs, timed_nfe=t.calls, seconds_per_call=t.seconds_per_call,
+                 speedup=t.speedup, measured_speedup=t.measured_speedup, speedup_ceiling=t.ceiling)
+    not_judged = judged(args, comparison)
+    result = {"machine": machine_info(device), "args": vars(args), "rows": rows,
+              "timing": {k: v for k, v in comparison.as_dict().items() if k != "timings"},
+              "targets": targets(rows, not_judged)}
     atomic_write(args.out_json, lambda f: json.dump(result, f, indent=1, allow_nan=False), binary=False)
     plot(rows, args.out_plot)
     print_table(rows, result["machine"])
-    for label, t in result["targets"].items():
-        print(f"{label}: speedup {t['speedup']:.2f}x (NFE ratio {t['nfe_ratio']:.2f}), PSNR {t['psnr']:.1f} dB (Euler at same NFE "
-              f"{t['euler_psnr_at_same_nfe']:.1f}), accuracy drop {t['accuracy_drop_points']:.1f} pt -> "
-              f"2.6x target {'met' if t['speedup_2.6x_at_30dB_and_1pt'] else 'MISSED'}, "
-              f"equal-NFE target {'met' if t['beats_euler_at_equal_nfe'] else 'MISSED'}")
+    for line in [comparison.method()] + comparison.notes():
+        print(line)
+    if not_judged:
+        print(f"no verdicts on this run ({not_judged}): the targets are judged on at least {VERDICT_MIN_SAMPLES} "
+              f"samples and {MIN_ROUNDS} timed rounds")
+    else:
+        for label, t in result["targets"].items():
+            print(verdict(label, t))
     print(f"wrote {args.out_json} and {args.out_plot}")
     return result
 
 
 def print_table(rows, machine):
     print(f"machine: {machine}")
-    print(f"{'sampler':32s} {'NFE':>6s} {'s/batch':>8s} {'speedup':>7s} {'ovh%':>5s} {'PSNR':>6s} {'SSIM':>6s} "
-          f"{'exact':>6s} {'acc':>6s} {'FD':>7s}")
+    w = max(len(r["label"]) for r in rows)
+    print(f"{'sampler':{w}s} {'NFE':>6s} {'s/batch':>8s} {'ms/call':>8s} {'speedup':>13s} {'ceiling':>7s} {'ovh%':>5s} "
+          f"{'PSNR':>6s} {'SSIM':>6s} {'exact':>6s} {'acc':>6s} {'FD':>7s}")
     for r in rows:
         f = lambda k, s: format(r[k], s) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
-        print(f"{r['label']:32s} {r['nfe']:6.1f} {r['seconds_per_batch']:8.3f} {r['speedup']:7.2f} "
-              f"{100 * r['overhead_share']:5.1f} {f('psnr', '6.2f')} {f('ssim', '6.4f')} {f('psnr_vs_exact', '6.2f')} "
-              f"{f('accuracy', '6.3f')} "
-              f"{f('fid_features', '7.2f')}")
+        speed = "above ceiling" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        print(f"{r['label']:{w}s} {r['nfe']:6.1f} {r['seconds_per_batch']:8.3f} {1e3 * r['seconds_per_call']:8.1f} "
+              f"{speed:>13s} {r['speedup_ceiling']:6.2f}x {100 * r['overhead_share']:5.1f} {f('psnr', '6.2f'):>6s} "
+              f"{f('ssim', '6.4f'):>6s} {f('psnr_vs_exact', '6.2f'):>6s} {f('accuracy', '6.3f'):>6s} "
+              f"{f('fid_features', '7.2f'):>7s}")
 
 
 def parse_args(argv=None):
     p = OneLineParser(prog="bench.py", description=__doc__)
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="model checkpoint")
     p.add_argument("--refiner", default=None,
-                   help=f"FlowTurbo refiner; without it the R rows are left out (None: {DEFAULT_REFINER} if "
+                   help=f"FlowTurbo refiner; without it the R rows are left out (default: {DEFAULT_REFINER} if "
                         "present; a path given here must exist)")
     p.add_argument("--classifier", default=None,
-                   help=f"digit classifier for accuracy and the feature distance (None: {DEFAULT_CLASSIFIER} if "
+                   help=f"digit classifier for accuracy and the feature distance (default: {DEFAULT_CLASSIFIER} if "
                         "present; a path given here must exist)")
     p.add_argument("--feature-stats", default=DEFAULT_FEATURE_STATS, help="real-data feature statistics")
     p.add_argument("--n", type=positive_int, default=300, help="evaluation samples")
     p.add_argument("--batch-size", type=positive_int, default=100, help="samples per batch; one batch is timed")
     p.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the evaluation noise")
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed rounds (median reported; fewer than 3 are labelled unrepeated and judge no target)")
     p.add_argument("--warmup", type=nonnegative_int, default=20, help="FastFlow warm-up batches on other noise")
     p.add_argument("--warmup-batch-size", type=positive_int, default=25, help="samples per warm-up batch")
     p.add_argument("--mu", type=nonnegative_float, nargs="*", default=[0.01, 0.03],

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
@@ -54,6 +54,7 @@ class Timing:
     calls: float                       # model calls per run (mean over the timed rounds)
     measured_speedup: Optional[float] = None
     ceiling: Optional[float] = None    # reference calls / this contender's calls
+    run_calls: list[float] = field(default_factory=list)  # model calls of each timed round
 
     @property
     def seconds(self) -> float:
@@ -193,7 +194,7 @@ def compare(contenders: Mapping[str, Union[Callable[[], float], Contender]], ref
                 raise ValueError(f"{name}: a timed run reported {n!r} model calls; need a positive count")
             runs[name].append(seconds)
             calls[name].append(float(n))
-    timings = {k: Timing(k, runs[k], sum(calls[k]) / len(calls[k])) for k in names}
+    timings = {k: Timing(k, runs[k], sum(calls[k]) / len(calls[k]), run_calls=calls[k]) for k in names}
     if reference is not None:
         ref = timings[reference]
         for t in timings.values():
