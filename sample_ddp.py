@@ -393,11 +393,21 @@ def claim_shard_dir(shard_dir: str, fp: dict) -> str:
     return saved["run"]
 
 
-def release_shard_dir(shard_dir: str) -> None:
+def release_shard_dir(shard_dir: str, run_id: str) -> None:
     """Rank 0, after the merge: delete the run's own files by name (the marker last), then the folder
-    if the run created it and nothing else is in it; anything else is kept, and said so."""
-    with open(os.path.join(shard_dir, MARKER)) as f:
-        created = json.load(f).get("created") is True
+    if the run created it and nothing else is in it; anything else is kept, and said so. A folder
+    whose marker is no longer this run's is left as it is."""
+    try:
+        with open(os.path.join(shard_dir, MARKER)) as f:
+            saved = json.load(f)
+        mine = isinstance(saved, dict) and saved.get("run") == run_id
+    except (OSError, ValueError):
+        mine = False
+    if not mine:  # the marker went missing or was replaced during the run
+        print(f"sample_ddp.py: kept {shard_dir}: its marker {MARKER} is gone or changed, so it is not this "
+              f"run's to delete", file=sys.stderr)
+        return
+    created = saved.get("created") is True
     for name in sorted(os.listdir(shard_dir)):
         if own_file(name) and name != MARKER:
             os.remove(os.path.join(shard_dir, name))
@@ -571,7 +581,7 @@ def finish(args, sampler, shard_dir, fp, run_id, spec, per_rank, world, resample
     if args.report_json:
         write_json(report, args.report_json)
     if not args.keep_shards:
-        release_shard_dir(shard_dir)
+        release_shard_dir(shard_dir, run_id)
     print(f"wrote {args.out_npz}: {n} images, {report['images_per_second']:.2f} images/s on {world} "
           f"process(es), mean NFE {report['nfe']:.2f}")
     return report

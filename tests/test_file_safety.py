@@ -92,6 +92,20 @@ def test_the_run_deletes_only_its_own_files(tmp_path, capsys):
     assert f"kept {shards}: it holds files this run did not write (notes.txt)" in capsys.readouterr().err
 
 
+def test_a_folder_whose_marker_changed_during_the_run_is_left_alone(tmp_path, capsys):
+    from sample_ddp import release_shard_dir
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "shard_000000.npz").write_bytes(b"shard")
+    (folder / MARKER).write_text(json.dumps({"format": "fastflow-sample-shard-dir", "run": "other", "created": True}))
+    before = snapshot(folder)
+    release_shard_dir(str(folder), "mine")
+    os.remove(folder / MARKER)
+    release_shard_dir(str(folder), "mine")
+    assert snapshot(folder) == {k: v for k, v in before.items() if k != MARKER}
+    assert capsys.readouterr().err.count(f"kept {folder}: its marker {MARKER} is gone or changed") == 2
+
+
 def test_an_empty_folder_given_by_the_user_is_used_and_kept(tmp_path):
     given = tmp_path / "given"
     given.mkdir()
