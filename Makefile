@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: install bench-deps demo test bench bench-smoke clean
+.PHONY: help install bench-deps demo test bench bench-smoke clean
 
 install: $(VENV)/.installed
 
@@ -38,3 +38,14 @@ bench-smoke: install  # the benchmark end to end at tiny sizes (about a minute):
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+help:  # the targets, one line each
+	@echo "make demo         build .venv from requirements.txt, then python sample.py: Euler-50 against FastFlow"
+	@echo "                  on the shipped MNIST DiT, a table and outputs/euler_vs_fastflow.png"
+	@echo "make test         build .venv with requirements-test.txt, then python -m pytest"
+	@echo "make install      build .venv from requirements.txt only"
+	@echo "make bench-deps   add requirements-bench.txt (flow-matching) to .venv"
+	@echo "make bench        benchmarks/bench.py, then benchmarks/policies.py --timing (long; writes results/)"
+	@echo "make bench-smoke  benchmarks/bench.py end to end at tiny sizes into $(SMOKE_DIR) (several minutes;"
+	@echo "                  unrepeated timings, a plumbing check, not a measurement)"
+	@echo "make clean        remove .venv and .pytest_cache"
