@@ -13,12 +13,13 @@ namespaces: ``fastflow.plan`` (optimal plans), ``fastflow.policy`` (live policie
 ``fastflow.bandit``, ``fastflow.errors`` (error tables), ``fastflow.extrapolate``,
 ``fastflow.controller`` (the skip engine), ``fastflow.persist`` (calibration records and states),
 ``fastflow.checks``, ``fastflow.metrics``, ``fastflow.toy``, ``fastflow.distributed``,
-``fastflow.adapters``, ``fastflow.caching`` (TeaCache, TaylorSeer, static schedules).
+``fastflow.adapters``, ``fastflow.caching`` (TeaCache, TaylorSeer, static schedules),
+``fastflow.editing`` (partial generation, inversion, FlowEdit).
 """
 __version__ = "0.2.0"
 
-from . import (adapters, bandit, caching, checks, controller, distributed, errors, extrapolate, grids, metrics,
-               persist, plan, policy, specs, toy)
+from . import (adapters, bandit, caching, checks, controller, distributed, editing, errors, extrapolate, grids,
+               metrics, persist, plan, policy, specs, toy)
 from .adapters import adapt
 from .caching import TaylorSeerSampler, TeaCacheSampler
 from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler

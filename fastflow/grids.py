@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["uniform", "shifted", "edm", "check_times", "resolve_grid", "is_uniform"]
+__all__ = ["uniform", "interval", "shifted", "edm", "check_times", "resolve_grid", "is_uniform"]
 
 Grid = Union[torch.Tensor, Sequence[float]]
 
@@ -49,6 +49,22 @@ def uniform(steps: int) -> torch.Tensor:
     """
     steps = _check_steps(steps)
     return torch.arange(steps + 1, dtype=torch.float64) / steps
+
+
+def interval(steps: int, t0: float = 0.0, t1: float = 1.0) -> torch.Tensor:
+    """(T + 1,) float64: T equal steps from t0 to t1, either way: ``interval(T, 0.3)`` for a
+    partial generation from t0 = 0.3, ``interval(T, 1.0, 0.0)`` for an inversion.
+
+    Raises:
+        TypeError: for a ``steps`` that is not an int.
+        ValueError: for ``steps`` < 2, or ends that are not distinct numbers in [0, 1].
+    """
+    steps = _check_steps(steps)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in (t0, t1)) \
+            or t0 == t1:
+        raise ValueError(f"interval ends must be distinct numbers in [0, 1], got {t0!r} and {t1!r}")
+    k = torch.arange(steps + 1, dtype=torch.float64) / steps
+    return check_times(t0 + (t1 - t0) * k)
 
 
 def shifted(steps: int, shift: float = 3.0) -> torch.Tensor:
