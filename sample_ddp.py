@@ -56,8 +56,6 @@ import signal
 import sys
 import time
 import uuid
-import zipfile
-import zlib
 
 import numpy as np
 import torch
@@ -68,6 +66,7 @@ import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.distributed import broadcast_state, share_updates
 from models.cli import check_writable, run_cli
+from models.npz import NpzError, read_npz
 from models.sampling import (build_parser, build_sampler, grid_image, load_for_sampling, parse_checked, state_tag,
                              warm_up_bandit, write_json, write_png)
 
@@ -160,61 +159,14 @@ def shard_spec(args, config) -> ShardSpec:
                      max_nfe)
 
 
-class BadShard(Exception):
-    """What is wrong with a shard file that cannot be used (the run samples it again)."""
-
-
 META_MAX_BYTES = 16 << 20  # a shard's meta: arguments and one run's FastFlow update, a few kB
-
-
-def read_npz(path: str, expect: dict) -> dict:
-    """The arrays of an .npz, each checked before any of its body is decompressed or allocated:
-    its size in the zip directory, then the dtype and shape of its .npy header; the body is then
-    read up to its declared size (plus one byte, to catch a longer one).
-
-    Args:
-        expect: name -> (dtype, shape, max_bytes); a dtype of "U" admits any unicode string
-            dtype and a shape of None any shape, both still bounded by max_bytes.
-    Raises:
-        BadShard: saying what is wrong (members, sizes, dtypes, shapes, a truncated body).
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = sorted(i.filename for i in zf.infolist())
-            if names != sorted(f"{n}.npy" for n in expect):
-                raise BadShard(f"it holds {names}, not {sorted(f'{n}.npy' for n in expect)}")
-            out = {}
-            for name, (dtype, shape, max_bytes) in expect.items():
-                info = zf.getinfo(f"{name}.npy")
-                if info.file_size > max_bytes + 4096:  # 4096: far more than any .npy header
-                    raise BadShard(f"{name} declares {info.file_size} bytes uncompressed, more than {max_bytes}")
-                with zf.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
-                    have_shape, fortran, have_dtype = read_header(f)
-                    if have_dtype.hasobject or (have_dtype.kind != "U" if dtype == "U" else have_dtype != dtype):
-                        raise BadShard(f"{name} has dtype {have_dtype}, not {dtype}")
-                    if shape is not None and tuple(have_shape) != tuple(shape):
-                        raise BadShard(f"{name} has shape {tuple(have_shape)}, not {tuple(shape)}")
-                    nbytes = math.prod(have_shape) * have_dtype.itemsize
-                    if nbytes > max_bytes:
-                        raise BadShard(f"{name} declares {nbytes} bytes, more than {max_bytes}")
-                    body = f.read(nbytes + 1)
-                    if len(body) != nbytes:
-                        raise BadShard(f"{name} holds {len(body)}{'+' if len(body) > nbytes else ''} bytes, its "
-                                       f"header says {nbytes}")
-                    out[name] = np.frombuffer(body, have_dtype).reshape(have_shape, order="F" if fortran else "C")
-            return out
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, NotImplementedError, RuntimeError) as e:
-        raise BadShard(f"not a readable .npz ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
 
 
 def read_shard(path: str, indices, fp: dict, run_id: str, spec: ShardSpec):
     """A shard's (images, labels, update, nfe) if it is a valid shard of this run; None if it is
     missing; a string saying what is wrong if it cannot be used (to sample it again). Valid means:
-    the members, dtypes and shapes of the run (checked before decompressing anything), its
-    indices, labels ``index_labels(indices)``, an nfe in [1, spec.max_nfe], an update that is a
+    the members, dtypes and shapes of the run (checked before decompressing anything, see
+    models.npz), its indices, labels ``index_labels(indices)``, an nfe in [1, spec.max_nfe], an update that is a
     mapping or None.
 
     Raises:
@@ -228,7 +180,7 @@ def read_shard(path: str, indices, fp: dict, run_id: str, spec: ShardSpec):
         z = read_npz(path, {"images": (np.dtype(np.uint8), (n, *spec.image_shape), n * math.prod(spec.image_shape)),
                             "labels": (np.dtype(np.int64), (n,), 8 * n), "indices": (np.dtype(np.int64), (n,), 8 * n),
                             "meta": ("U", (), META_MAX_BYTES)})
-    except BadShard as e:
+    except NpzError as e:
         return str(e)
     try:
         meta = json.loads(str(z["meta"]))

@@ -261,11 +261,20 @@ def build_imagenet64(root, train, download, image_size):
         paths = glob.glob(os.path.join(root, "**", "val_data.npz"), recursive=True)
     if not paths:
         raise FileNotFoundError(f"no {'train_data_batch_*.npz' if train else 'val_data.npz'} under {root}")
+    from models.npz import NpzError, read_npz
     parts = []
     for p in paths:
-        with np.load(p) as z:
-            data, labels = z["data"], np.asarray(z["labels"]).astype(np.int64) - 1
-        side = int(round((data.shape[1] / 3) ** 0.5))
+        try:  # each array's size is checked against the file before it is read
+            z = read_npz(p, {"data": (np.dtype(np.uint8), None, None), "labels": ("iu", None, None)}, exact=False)
+        except NpzError as e:
+            raise ValueError(f"{p}: {e}") from None
+        data, labels = z["data"], z["labels"].astype(np.int64) - 1
+        side = int(round((data.shape[1] / 3) ** 0.5)) if data.ndim == 2 else 0
+        if data.ndim != 2 or side == 0 or 3 * side * side != data.shape[1] or labels.shape != (len(data),):
+            raise ValueError(f"{p}: data {data.shape} and labels {labels.shape} are not N x (3 S S) images with N "
+                             f"labels")
+        if len(data) == 0:
+            raise ValueError(f"{p}: holds no images")
         if labels.min() < 0 or labels.max() > 999:
             raise ValueError(f"{p}: labels should be 1..1000, got range {labels.min() + 1}..{labels.max() + 1}")
         parts.append(ImageTensorDataset(data.reshape(-1, 3, side, side), labels, image_size))

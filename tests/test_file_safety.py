@@ -417,3 +417,29 @@ def test_an_idx_gz_is_never_read_past_its_header(tmp_path):
     with pytest.raises(ValueError, match=r"header says \[1000000000, 28, 28\] = 784000000000 bytes, more than a "
                                          r"\d+-byte .gz file can hold"):
         read_idx(str(path))
+
+
+def test_an_imagenet64_batch_is_never_read_past_what_it_can_hold(tmp_path):
+    """A 40 kB val_data.npz whose data header claims 10^6 images of 64 x 64 x 3 (12 GB) in a
+    deflated member: refused from the member's sizes, before any allocation."""
+    import tracemalloc
+    import zipfile
+
+    import numpy as np
+    from models.data import build_dataset
+    path = tmp_path / "val_data.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("labels.npy", "w") as f:
+            np.lib.format.write_array(f, np.ones(10 ** 6, dtype=np.int64))
+        with zf.open("data.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
+                                                     "shape": (10 ** 6, 3 * 64 * 64)})
+            f.write(bytes(1 << 20))
+    assert path.stat().st_size < 60_000
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=rf"{path}: data declares 12288000000 bytes, more than its \d+ stored bytes "
+                                         r"can hold"):
+        build_dataset("imagenet64", str(tmp_path), train=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20, peak  # the 8 MB of labels are honest; the 12 GB of images were never allocated
