@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 from tqdm import tqdm
@@ -189,50 +187,50 @@ def evaluate(w, args):
 
 
 def timing(args):
-    """Wall time per batch of 100 digits on the DiT, interleaved rounds, median."""
-    from models.evaluation import balanced_labels, make_noise
+    """Wall time per batch of 100 digits on the DiT (models/timing.py: an untimed warm-up run of
+    each sampler, then the median of --repeats interleaved rounds; every speedup over Euler-50 is
+    checked against its call ratio 50 / calls and is None above 1.05 x that ceiling)."""
     from models.checkpoint import load_model
-    model, config, _ = load_model(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                               "checkpoints", "dit_mnist.pt"), device=torch.device("cpu"))
+    from models.evaluation import DEFAULT_CKPT, Judge, balanced_labels, fidelity, make_noise
+    from models.timing import compare
+    model, config, _ = load_model(DEFAULT_CKPT, device=torch.device("cpu"))
+    velocity = model.forward_with_cfg
     shape = (config.in_channels, config.image_size, config.image_size)
     xb, yb = make_noise(100, shape, 0), balanced_labels(100, 10)
+
+    def calibrated(s):  # the calibration run, on other noise, is not timed
+        s.calibrate(velocity, make_noise(25, shape, 12345), y=balanced_labels(25, 10), cfg_scale=1.0)
+        return s
     samplers = {"Euler-50": ff.EulerSampler(T)}
     for K, order in ((16, 1), (14, 1), (14, 2), (13, 2)):
-        s = ff.FastFlowSampler(T, calls=K, order=order)
-        s.sample(model.forward_with_cfg, make_noise(25, shape, 12345), y=balanced_labels(25, 10), cfg_scale=1.0)
+        s = calibrated(ff.FastFlowSampler(T, calls=K, order=order))
         samplers[f"plan K={K} order {order}"] = s
         samplers[f"plan K={K} order {order} frozen"] = s.freeze()
-    samplers["default"] = ff.FastFlowSampler(T)
-    samplers["default"].sample(model.forward_with_cfg, make_noise(25, shape, 12345), y=balanced_labels(25, 10),
-                               cfg_scale=1.0)
-    times = {k: [] for k in samplers}
-    psnr = {}
-    from models.evaluation import fidelity
-    for rnd in tqdm(range(args.repeats + 1), desc="timing rounds"):
-        for name, s in samplers.items():
-            start = time.perf_counter()
-            res = s.sample(model.forward_with_cfg, xb, y=yb, cfg_scale=1.0)
-            if rnd > 0:
-                times[name].append(time.perf_counter() - start)
-            if rnd == 0:
-                psnr[name] = res
-    ref = psnr["Euler-50"].x.clamp(-1, 1)
-    base = statistics.median(times["Euler-50"])
-    from models.evaluation import Judge
+    samplers["default"] = calibrated(ff.FastFlowSampler(T))
+    results = {name: s.sample(velocity, xb, y=yb, cfg_scale=1.0) for name, s in samplers.items()}  # for quality
+    comparison = compare({name: (lambda s=s: s.sample(velocity, xb, y=yb, cfg_scale=1.0).nfe)
+                          for name, s in samplers.items()}, "Euler-50", rounds=args.repeats,
+                         progress=lambda it: tqdm(it, desc="timing rounds"))
+    ref = results["Euler-50"].x.clamp(-1, 1)
     judge = Judge()
-    return {name: {"seconds": statistics.median(t), "speedup": base / statistics.median(t),
-                   "calls": psnr[name].nfe, "psnr": (fidelity(psnr[name].x.clamp(-1, 1), ref)[0]
-                                                    if name != "Euler-50" else None),
-                   "accuracy": judge.accuracy(psnr[name].x.clamp(-1, 1), yb), "runs": t}
-            for name, t in times.items()}
+    out = {name: {**comparison[name].as_dict(),
+                  "psnr": fidelity(results[name].x.clamp(-1, 1), ref)[0] if name != "Euler-50" else None,
+                  "accuracy": judge.accuracy(results[name].x.clamp(-1, 1), yb)} for name in samplers}
+    return out, comparison
 
 
-def plot(results, path):
+def plot(results, path) -> list[str]:
+    """Every model's rows against calls, against Euler-50 (top) and the exact solution (bottom),
+    written to ``path``; returns the legend's names."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     models = [r for r in results["models"]]
-    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 8.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 9.5), squeeze=False)
+    # one colour per sampler across all panels, and one legend naming every line of every panel
+    every = sorted({r["label"] for m in models for r in m["rows"] if r["budget"] is not None})
+    colour = {label: plt.cm.tab10.colors[i % 10] for i, label in enumerate(every)}
     for col, m in enumerate(models):
         image = m["model"] == "dit"
         for row, (key, name) in enumerate((("dev", "Euler-50"), ("vs_exact", "exact solution"))):
@@ -240,7 +238,7 @@ def plot(results, path):
             labels = sorted({r["label"] for r in m["rows"] if r["budget"] is not None})
             for label in labels:
                 pts = sorted((r["calls"], r[key]) for r in m["rows"] if r["label"] == label)
-                ax.plot(*zip(*pts), "o-", label=label, lw=2 if "plan" in label else 1)
+                ax.plot(*zip(*pts), "o-", label=label, color=colour[label], lw=2 if "plan" in label else 1)
             for r in m["rows"]:
                 if r["budget"] is None:
                     ax.plot(r["calls"], r[key], "k*" if "default" in r["label"] else "kx", ms=10)
@@ -253,33 +251,41 @@ def plot(results, path):
             if not image:
                 ax.set_yscale("log")
             ax.set_xlabel("model calls per sample")
-            ax.set_ylabel(("PSNR (dB, higher is better) vs " if image else "relative L2 (lower is better) vs ") + name)
+            ax.set_ylabel(f"PSNR vs {name} (dB; higher is better)" if image else
+                          f"relative L2 to {name} (no unit; lower is better)")
             ax.set_title(f"{m['model']}: against {name}")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles = [Line2D([], [], color=colour[label], marker="o", lw=2 if "plan" in label else 1) for label in every]
+    handles += [Line2D([], [], color="k", marker="*", ms=10, ls=""), Line2D([], [], color="k", marker="x", ms=8, ls=""),
+                Line2D([], [], color="gray", ls="--", lw=1)]
+    names = every + ["FastFlow default (tolerance 1)", "fixed settings, named beside the mark", "Euler-50"]
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return names
 
 
 def plan_timing():
-    """Seconds for one plan_skips call at T = 50 and T = 250 (order 1, runs of at most 4)."""
+    """Seconds for one plan_skips call at T = 50 and T = 250 (order 1, runs of at most 4): the
+    median of 5 rounds after a warm-up call."""
+    from models.timing import compare
     out = {}
     for steps in (50, 250):
         table = torch.rand(ff.errors.table_shape(steps, 1, 4), generator=torch.Generator().manual_seed(0),
                            dtype=torch.float64)
-        runs = []
-        for _ in range(5):
-            start = time.perf_counter()
+
+        def plan(table=table, steps=steps):
             ff.plan_skips(table, steps, steps // 3, 1, 4)
-            runs.append(time.perf_counter() - start)
-        out[steps] = statistics.median(runs)
+            return 1  # compare() counts calls; a plan is one
+        out[steps] = compare({"plan": plan}, rounds=5)["plan"].seconds
     return out
 
 
-def read_previous(path):
-    """The results an --update run merges into: the JSON at ``path``, or None when there is none.
+def read_previous(path, flag="--update"):
+    """The results an --update run merges into (or --replot draws): the JSON at ``path``, or None
+    when there is none.
 
     Raises:
         ValueError: naming ``path``, for a file that is not such a JSON object.
@@ -290,16 +296,23 @@ def read_previous(path):
         with open(path) as f:
             old = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"--out-json {path}: cannot --update it, not JSON ({e})") from None
-    if not isinstance(old, dict):
-        raise ValueError(f"--out-json {path}: cannot --update it, not a results object")
+        raise ValueError(f"--out-json {path}: cannot {flag} it, not JSON ({e})") from None
+    if not isinstance(old, dict) or not isinstance(old.get("models", []), list):
+        raise ValueError(f"--out-json {path}: cannot {flag} it, not a results object")
     return old
 
 
 def main(args):
     """Run the benchmark; both outputs (and, with --update, the file merged into) are checked first."""
-    check_writable(args.out_json, "--out-json")
     check_writable(args.out_plot, "--out-plot")
+    if args.replot:  # the figure of the saved results: nothing is run
+        saved = read_previous(args.out_json, "--replot")
+        if saved is None:
+            raise ValueError(f"--out-json {args.out_json}: cannot --replot it, no such file")
+        plot(saved, args.out_plot)
+        print(f"wrote {args.out_plot} from {args.out_json}")
+        return saved
+    check_writable(args.out_json, "--out-json")
     old = read_previous(args.out_json) if args.update else None
     torch.set_num_threads(args.threads) if args.threads else None
     makers = {"toy": toy_workload, "dit": dit_workload, "peer": peer_workload}
@@ -313,15 +326,15 @@ def main(args):
         result["models"].append(evaluate(w, args))
         print_table(result["models"][-1])
     if args.timing:
-        result["timing"] = timing(args)
-        for name, t in result["timing"].items():
-            print(f"{name:32s} calls {t['calls']:3d}  {t['seconds']:.3f} s  speedup {t['speedup']:.2f}x  "
-                  f"PSNR {t['psnr'] if t['psnr'] is None else round(t['psnr'], 2)}  accuracy {t['accuracy']:.2f}")
+        result["timing"], comparison = timing(args)
+        result["timing_method"] = {k: v for k, v in comparison.as_dict().items() if k != "timings"}
+        print_timing(result["timing"], comparison)
     if old is not None:  # --update: keep the other models' (and timing) results
         ran = {m["model"] for m in result["models"]}
         result["models"] = [m for m in old.get("models", []) if m["model"] not in ran] + result["models"]
-        if "timing" not in result and "timing" in old:
-            result["timing"] = old["timing"]
+        for key in ("timing", "timing_method"):
+            if key not in result and key in old:
+                result[key] = old[key]
         result["runs"] = old.get("runs", [old.get("args")]) + [vars(args)]
     with open(args.out_json, "w") as f:
         json.dump(result, f, indent=1, allow_nan=False)
@@ -329,6 +342,19 @@ def main(args):
         plot(result, args.out_plot)
     print(f"wrote {args.out_json} and {args.out_plot}")
     return result
+
+
+def print_timing(rows: dict, comparison) -> None:
+    """The timing table, with time per model call, each speedup's ceiling and the method's notes."""
+    print(f"{'sampler':28s} {'calls':>5s} {'s/batch':>8s} {'ms/call':>8s} {'speedup':>13s} {'ceiling':>8s} "
+          f"{'PSNR dB':>8s} {'acc':>5s}")
+    for name, t in rows.items():
+        speed = "above ceiling" if t["speedup"] is None else f"{t['speedup']:.2f}x"
+        psnr = "-" if t["psnr"] is None else f"{t['psnr']:.2f}"
+        print(f"{name:28s} {t['calls']:5.0f} {t['seconds']:8.3f} {1e3 * t['seconds_per_call']:8.1f} {speed:>13s} "
+              f"{t['speedup_ceiling']:7.2f}x {psnr:>8s} {t['accuracy']:5.2f}")
+    for line in [comparison.method()] + comparison.notes():
+        print(line)
 
 
 def print_table(m):
@@ -358,6 +384,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     p.add_argument("--update", action="store_true",
                    help="merge into an existing --out-json: replace the models run now, keep the others")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw --out-plot from the saved --out-json (seconds; nothing is run)")
     p.add_argument("--out-json", default="results/policies.json", help="all rows and settings")
     p.add_argument("--out-plot", default="results/policies.png", help="PNG of the rows against calls")
     args = p.parse_args(argv)

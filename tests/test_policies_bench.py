@@ -1,8 +1,13 @@
 """Smoke test of benchmarks/policies.py on the toy model: well-formed output, numbers that hold."""
 import json
+import os
 import struct
 
+import pytest
+
 from benchmarks.policies import main, parse_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_policies_benchmark_on_the_toy_model(tmp_path):
@@ -25,3 +30,21 @@ def test_policies_benchmark_on_the_toy_model(tmp_path):
     assert rows[("Static every other step", None)]["calls"] == 26
     png = out_png.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 500
+
+
+def test_replot_redraws_the_figure_from_the_saved_json_alone(tmp_path, monkeypatch, capsys):
+    import benchmarks.policies as policies
+    saved = json.loads(open(os.path.join(ROOT, "results", "policies.json")).read())
+    out_json, out_png = tmp_path / "p.json", tmp_path / "p.png"
+    out_json.write_text(json.dumps(saved))
+    monkeypatch.setattr(policies, "evaluate", lambda *a: pytest.fail("--replot ran a model"))
+    drawn = {}
+    real_plot = policies.plot
+    monkeypatch.setattr(policies, "plot", lambda results, path: drawn.setdefault("names", real_plot(results, path)))
+    main(parse_args(["--replot", "--out-json", str(out_json), "--out-plot", str(out_png)]))
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_json.read_text() == json.dumps(saved)
+    lines = {r["label"] for m in saved["models"] for r in m["rows"] if r["budget"] is not None}
+    assert len(lines) >= 7 and lines <= set(drawn["names"])  # the legend names every line of every panel
+    assert "Euler-50" in drawn["names"] and f"wrote {out_png} from {out_json}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="cannot --replot it, no such file"):
+        main(parse_args(["--replot", "--out-json", str(tmp_path / "none.json"), "--out-plot", str(out_png)]))
