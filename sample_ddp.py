@@ -149,7 +149,7 @@ class ShardSpec:
 
 def shard_spec(args, config) -> ShardSpec:
     """The ShardSpec of a run; max_nfe is twice the sampler's steps (Heun's calls), or twice
-    FlowTurbo's block count."""
+    FlowTurbo's block count plus two."""
     if args.sampler == "flowturbo":
         from models.refiner import parse_turbo
         max_nfe = 2 * sum(parse_turbo(args.turbo)) + 2
@@ -166,8 +166,8 @@ def read_shard(path: str, indices, fp: dict, run_id: str, spec: ShardSpec):
     """A shard's (images, labels, update, nfe) if it is a valid shard of this run; None if it is
     missing; a string saying what is wrong if it cannot be used (to sample it again). Valid means:
     the members, dtypes and shapes of the run (checked before decompressing anything, see
-    models.npz), its indices, labels ``index_labels(indices)``, an nfe in [1, spec.max_nfe], an update that is a
-    mapping or None.
+    models.npz), its indices, labels ``index_labels(indices)``, an nfe in [1, spec.max_nfe], an
+    update that is a mapping or None.
 
     Raises:
         ShardMismatch: for a readable shard written with other arguments, naming them, or by
