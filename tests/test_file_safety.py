@@ -87,8 +87,11 @@ def test_the_run_deletes_only_its_own_files(tmp_path, capsys):
     (shards / "notes.txt").write_text("mine")  # dropped into the run's folder before the rerun
     (shards / ".shard_000001.npz.abcd1234.tmp").write_bytes(b"a killed write")
     capsys.readouterr()
-    main(parse_args([*argv, "--overwrite"]))  # resumes from the kept shards, then cleans up
+    report = tmp_path / "r.json"
+    main(parse_args([*argv, "--overwrite", "--report-json", str(report)]))  # resumes from the kept shards, cleans up
     assert os.listdir(shards) == ["notes.txt"] and (shards / "notes.txt").read_text() == "mine"
+    numbers = json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    assert numbers["images_sampled_here"] == 0 and numbers["sampling_seconds"] == 0 and numbers["nfe"] == 2
     assert f"kept {shards}: it holds files this run did not write (notes.txt)" in capsys.readouterr().err
 
 
