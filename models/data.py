@@ -226,6 +226,29 @@ def _unpickle(path):
         raise ValueError(f"{path}: not a CIFAR-10 batch ({e})") from None
 
 
+def cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A CIFAR-10 batch file's (uint8 (N, 3072) images, int64 (N,) labels in 0..9).
+
+    Raises:
+        ValueError: naming the file, for anything else (see also ``_unpickle``).
+    """
+    batch = _unpickle(path)
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(b"labels") if isinstance(batch, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"{path}: not a CIFAR-10 batch (b'data' should be uint8 N x 3072, got {got})")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{path}: not a CIFAR-10 batch (b'labels' should be N integers)") from None
+    if labels.shape != (len(data),):
+        raise ValueError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+    if len(data) and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: CIFAR-10 labels are 0..9, found {int(labels.min())}..{int(labels.max())}")
+    return data, labels
+
+
 def build_cifar10(root, train, download, image_size):
     """Reads cifar-10-batches-py/{data_batch_1..5, test_batch}: dicts with b'data' uint8 (N, 3072)
     in CHW plane order and b'labels'. torchvision is only used to download (it checks md5s)."""
@@ -239,9 +262,9 @@ def build_cifar10(root, train, download, image_size):
     missing = [n for n in names if not os.path.isfile(os.path.join(base, n))]
     if missing:
         raise FileNotFoundError(f"CIFAR-10 batches {missing} not found in {base} (use --download)")
-    batches = [_unpickle(os.path.join(base, n)) for n in names]
-    images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([np.asarray(b[b"labels"]) for b in batches])
+    parts = [cifar_batch(os.path.join(base, n)) for n in names]
+    images = np.concatenate([d for d, _ in parts]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([lab for _, lab in parts])
     dataset = ImageTensorDataset(images, labels, image_size)
     return dataset, DatasetInfo("cifar10", 3, image_size or 32, 10, num_examples=len(dataset))
 

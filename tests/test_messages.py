@@ -314,3 +314,33 @@ def test_the_scripts_print_the_one_line_themselves(tmp_path):
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 1 and proc.stderr == (f"train.py: error: {root / IMAGES}: idx header cut short (6 of 16 "
                                                     f"bytes)\n")
+
+
+def cifar(tmp, data, labels):
+    import pickle
+    base = tmp / "data" / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    with open(base / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f, protocol=2)
+    return tmp / "data"
+
+
+CIFAR = "{tmp}/data/cifar-10-batches-py/test_batch"
+CIFAR_CASES = [
+    ("labels-out-of-range", lambda tmp: cifar(tmp, np.zeros((2, 3072), np.uint8), [3, 12]),
+     f"train.py: error: {CIFAR}: CIFAR-10 labels are 0..9, found 3..12"),
+    ("label-count", lambda tmp: cifar(tmp, np.zeros((2, 3072), np.uint8), [3]),
+     f"train.py: error: {CIFAR}: 2 images but labels of shape (1,)"),
+    ("image-shape", lambda tmp: cifar(tmp, np.zeros((2, 1024), np.uint8), [3, 4]),
+     f"train.py: error: {CIFAR}: not a CIFAR-10 batch (b'data' should be uint8 N x 3072, got uint8 (2, 1024))"),
+    ("no-data", lambda tmp: cifar(tmp, None, [3, 4]),
+     f"train.py: error: {CIFAR}: not a CIFAR-10 batch (b'data' should be uint8 N x 3072, got NoneType)"),
+]
+
+
+@pytest.mark.parametrize("case, setup, line", CIFAR_CASES, ids=[c[0] for c in CIFAR_CASES])
+def test_train_cifar_messages(case, setup, line, tmp_path, capsys):
+    argv = ["--dataset", "cifar10", "--split", "test", "--data-root", str(setup(tmp_path)), "--steps", "2",
+            "--batch-size", "2", "--out-dir", str(tmp_path / "run"), "--threads", "1", "--no-progress"]
+    assert run_script(train.main, train.parse_args, argv, "train.py") == 1
+    assert one_line(capsys) == line.format(tmp=tmp_path)
