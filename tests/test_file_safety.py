@@ -446,3 +446,21 @@ def test_an_imagenet64_batch_is_never_read_past_what_it_can_hold(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 << 20, peak  # the 8 MB of labels are honest; the 12 GB of images were never allocated
+
+
+def test_sample_py_refuses_a_state_of_another_model_of_the_same_size(two_models, tmp_path, capsys):
+    from models.checkpoint import file_sha256
+    from sample import cli
+    a, b = two_models
+    model, state = tmp_path / "model.pt", tmp_path / "s.json"
+    model.write_bytes(a.read_bytes())
+    argv = ["--sampler", "fastflow", "--calls", "3", "--steps", "4", "--n", "2", "--batch-size", "2", "--quiet",
+            "--device", "cpu", "--ckpt", str(model), "--bandit-state", str(state), "--out", str(tmp_path / "g.png")]
+    assert cli(argv) == 0
+    saved = state.read_text()
+    model.write_bytes(b.read_bytes())  # retrained in place, same size
+    capsys.readouterr()
+    assert cli(argv) == 1
+    err = capsys.readouterr().err
+    assert f"sha256 {file_sha256(a)}" in err and f"sha256 {file_sha256(b)}" in err and len(err.splitlines()) == 1
+    assert state.read_text() == saved
