@@ -1,0 +1,81 @@
+"""edit.py on the shipped DiT, on a few fake digits in the real idx format: exact model calls per
+method, the .npz layout of sample.py plus the sources, FastFlow's K calls, and one-line errors."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+import edit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    """40 fake MNIST test digits (labels 0..9 in turn) in idx .gz format."""
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    labels = np.arange(40, dtype=np.uint8) % 10
+    for name, arr, magic in [("t10k-images-idx3-ubyte.gz", images, 2051), ("t10k-labels-idx1-ubyte.gz", labels, 2049)]:
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(header + arr.tobytes())
+    return tmp_path
+
+
+def run(root, tmp_path, *flags):
+    out = tmp_path / "o"
+    argv = ["--data-root", str(root), "--n", "3", "--steps", "6", "--quiet", "--device", "cpu",
+            "--out", str(out / "e.png"), "--out-npz", str(out / "e.npz"), "--report-json", str(out / "r.json"), *flags]
+    assert edit.cli(argv) == 0
+    with open(out / "r.json") as f:
+        report = json.load(f)
+    with np.load(out / "e.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return report, arrays
+
+
+@pytest.mark.parametrize("method, calls", [("invert", 12), ("sdedit", 6), ("flowedit", 24)])
+def test_each_method_makes_its_calls_and_writes_the_sample_layout(mnist_root, tmp_path, method, calls):
+    report, arrays = run(mnist_root, tmp_path, "--method", method, "--target-class", "8", "--n-avg", "2")
+    assert report["model_calls"] == calls and report["n"] == 3 and 0 <= report["edit_success"] <= 1
+    assert arrays["arr_0"].shape == (3, 28, 28, 1) and arrays["arr_0"].dtype == np.uint8
+    assert arrays["arr_1"].tolist() == [8, 8, 8] and arrays["sources"].shape == (3, 28, 28, 1)
+    assert (tmp_path / "o" / "e.png").stat().st_size > 0
+
+
+def test_sources_skip_the_target_class_and_source_keeps_their_labels(mnist_root, tmp_path):
+    _, arrays = run(mnist_root, tmp_path, "--method", "sdedit", "--target-class", "source", "--n", "9")
+    assert arrays["arr_1"].tolist() == list(range(9))
+    _, arrays = run(mnist_root, tmp_path, "--method", "sdedit", "--target-class", "1", "--n", "3")
+    assert arrays["arr_1"].tolist() == [1, 1, 1]
+
+
+def test_fastflow_makes_its_k_calls_and_is_compared_with_the_full_step_edit(mnist_root, tmp_path):
+    report, _ = run(mnist_root, tmp_path, "--method", "sdedit", "--sampler", "fastflow", "--steps", "10",
+                    "--calls", "6", "--calibration-samples", "2")
+    assert report["model_calls"] == 6 and report["full_model_calls"] == 10
+    assert report["psnr_vs_full_steps"] > 10 and report["calibration_seconds"] > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "sdedit", "--t0", "1.0"], r"--t0 must lie in \(0, 1\)"),
+    (["--target-class", "12"], "--target-class must be 'source' or a class in 0..9"),
+    (["--calls", "8"], "--calls sets FastFlow's budget"),
+    (["--n", "40"], "usable sources"),
+])
+def test_bad_input_is_one_line_before_any_model_call(mnist_root, tmp_path, capsys, flags, message):
+    argv = ["--data-root", str(mnist_root), "--quiet", "--device", "cpu", "--out", str(tmp_path / "e.png"), *flags]
+    assert edit.cli(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edit.py: error:") and message.replace("\\", "") in err[0] or \
+        __import__("re").search(message, err[0])
+
+
+def test_an_image_of_the_wrong_size_is_refused(tmp_path, capsys):
+    from PIL import Image
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "big.png")
+    assert edit.cli(["--image", str(tmp_path / "big.png"), "--quiet", "--device", "cpu",
+                     "--out", str(tmp_path / "e.png")]) == 1
+    assert "(1, 32, 32) (C, H, W), the model takes (1, 28, 28)" in capsys.readouterr().err
