@@ -219,15 +219,21 @@ class RunLock:
 
         Raises:
             ValueError: naming the folder and the holder, when another process holds it.
+            OSError: naming the folder, when the lock file cannot be made or locked (a file
+                system without locks).
         """
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise OSError(e.errno, f"--out-dir {self.folder}: cannot create {self.path} ({e.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                if e.errno not in (errno.EAGAIN, errno.EACCES):  # a file system without locks, say
                     os.close(fd)
-                    raise
+                    raise OSError(e.errno, f"--out-dir {self.folder}: cannot lock {self.path} ({e.strerror}); "
+                                           f"use a local folder") from None
                 holder = os.read(fd, 256).decode(errors="replace").strip() or "a process starting up"
                 os.close(fd)
                 raise ValueError(f"--out-dir {self.folder} is in use by another train.py ({holder}, see "

@@ -464,3 +464,17 @@ def test_sample_py_refuses_a_state_of_another_model_of_the_same_size(two_models,
     err = capsys.readouterr().err
     assert f"sha256 {file_sha256(a)}" in err and f"sha256 {file_sha256(b)}" in err and len(err.splitlines()) == 1
     assert state.read_text() == saved
+
+
+def test_a_folder_that_cannot_be_locked_is_one_error_naming_it(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from models.training import RunLock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OSError, match=rf"--out-dir {tmp_path}: cannot lock {tmp_path / '.train.lock'} \(No locks "
+                                      r"available\); use a local folder"):
+        RunLock(str(tmp_path)).acquire()
