@@ -48,3 +48,32 @@ def test_wrapped_transformer_makes_the_planned_calls_in_an_unchanged_pipeline():
     assert g["model_calls"] == K and g["skipped_calls"] == T - K and g["skipped_steps"] == wrapped.schedule()
     # close to the full pipeline from the same generator, and closer than the plain K-step pipeline
     assert psnr(fast, full) > 40 and psnr(fast, full) > psnr(plain, full) + 3
+
+
+def test_wrapped_transformer_in_an_unchanged_img2img_pipeline_starting_mid_way():
+    """strength < 1: each generation starts at an intermediate timestep (a partial generation)."""
+    from diffusers import StableDiffusion3Img2ImgPipeline
+    T, strength, K = 20, 0.6, 6
+    pipe, prompt = build_tiny_sd3()
+    pipe = StableDiffusion3Img2ImgPipeline.from_pipe(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    source = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    transformer, calls = pipe.transformer, []
+    transformer.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+
+    def edit(seed, steps=T):
+        return pipe(image=source, strength=strength, generator=torch.Generator().manual_seed(seed),
+                    num_inference_steps=steps, guidance_scale=5.0, height=32, width=32, output_type="pt",
+                    **prompt).images.double()
+    full = edit(3)
+    run = len(calls)
+    assert run == int(T * strength)  # the pipeline's own steps from the intermediate timestep
+    plain = edit(3, steps=T // 2)    # the plain pipeline with about K real steps
+    calls.clear()
+    pipe.transformer = wrapped = ff.SkipWrapper(transformer, calls=K)
+    edit(4)                                                  # calibration generation, every step real
+    assert len(calls) == run
+    fast = edit(3)
+    wrapped.reset()
+    assert len(calls) == run + K and wrapped.last_generation["model_calls"] == K
+    assert psnr(fast, full) > 45 and psnr(fast, full) > psnr(plain, full) + 10
