@@ -29,9 +29,10 @@ rank (rank 0's merge included) ends every rank with that rank's reason.
 The shard folder belongs to the run. The run creates it (or takes a given one only if it is
 empty) and writes a marker, sample_ddp-run.json, with its fingerprint and a run id; a folder
 with other files and no marker, or the marker of a run with other arguments, is refused before
-any work. No output (--out-npz, --out, --report-json, --bandit-state) may lie inside it. At the
-end the run deletes only the files it wrote, by name, and removes the folder only if it created
-it and nothing else is left in it.
+any work. Rank 0 holds an exclusive lock on the marker for the run, so a second run into the
+folder stops at once. No output (--out-npz, --out, --report-json, --bandit-state) may lie inside
+it. At the end the run deletes only the files it wrote, by name, and removes the folder only if
+it created it and nothing else is left in it.
 
 One policy for all ranks. FastFlow calibrates once (rank 0, on other noise, after loading
 --bandit-state if it exists) and sends the state to every rank. Learning policies learn in
@@ -44,9 +45,11 @@ Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -324,25 +327,55 @@ def shard_dir_owner(shard_dir: str, fp: dict):
     return saved
 
 
-def claim_shard_dir(shard_dir: str, fp: dict) -> str:
-    """Rank 0: make ``shard_dir`` this run's (create it, or take it if empty, and write the marker);
+def claim_shard_dir(shard_dir: str, fp: dict, held: contextlib.ExitStack) -> str:
+    """Rank 0: make ``shard_dir`` this run's (create it, or take it if empty, and write the marker)
+    and lock its marker until ``held`` closes, so a second run into the folder stops at once;
     returns the run id its shards carry.
 
     Raises:
-        ValueError / OSError: naming the folder, for one the run may not take (``shard_dir_owner``)
-            or cannot create.
+        ValueError / OSError: naming the folder, for one the run may not take (``shard_dir_owner``),
+            cannot create, or that another run holds.
     """
     saved = shard_dir_owner(shard_dir, fp)
-    if saved is not None:
-        return saved["run"]
-    created = not os.path.exists(shard_dir)
-    try:
-        os.makedirs(shard_dir, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"--shard-dir {shard_dir}: cannot create it ({e.strerror or e})") from None
-    saved = {"format": MARKER_FORMAT, "args": fp, "run": uuid.uuid4().hex, "created": created}
-    atomic_write(os.path.join(shard_dir, MARKER), lambda f: json.dump(saved, f), binary=False)
+    if saved is None:
+        created = not os.path.exists(shard_dir)
+        try:
+            os.makedirs(shard_dir, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"--shard-dir {shard_dir}: cannot create it ({e.strerror or e})") from None
+        saved = {"format": MARKER_FORMAT, "args": fp, "run": uuid.uuid4().hex, "created": created}
+        atomic_write(os.path.join(shard_dir, MARKER), lambda f: json.dump(saved, f), binary=False)
+    held.callback(os.close, lock_marker(shard_dir, saved["run"]))
     return saved["run"]
+
+
+def lock_marker(shard_dir: str, run_id: str) -> int:
+    """An open descriptor of ``shard_dir``'s marker holding an exclusive flock, after checking that
+    the locked file is still the folder's marker and this run's (two runs that made a marker at
+    once: one of them stops).
+
+    Raises:
+        ValueError: naming the folder, when another run holds it; OSError when it cannot be locked.
+    """
+    path = os.path.join(shard_dir, MARKER)
+    busy = ValueError(f"--shard-dir {shard_dir} is in use by another sample_ddp.py run; wait for it to end or "
+                      f"use another --shard-dir")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with open(os.dup(fd), encoding="utf-8") as f:  # the locked file itself, whatever the name holds now
+            ours = json.load(f).get("run") == run_id and os.stat(path).st_ino == os.fstat(fd).st_ino
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.ENOENT):  # ENOENT: the marker went while we looked
+            raise busy from None
+        raise OSError(e.errno, f"--shard-dir {shard_dir}: cannot lock {path} ({e.strerror})") from None
+    except (ValueError, AttributeError):
+        ours = False
+    if not ours:
+        os.close(fd)
+        raise busy
+    return fd
 
 
 def release_shard_dir(shard_dir: str, run_id: str) -> None:
@@ -429,6 +462,12 @@ def calibrate(sampler, args, fp, run_id, shard_dir, velocity, shape, num_classes
 
 
 def run(args, rank: int, world: int, device: torch.device) -> dict:
+    """The sampling run of ``main`` on a set-up process group (or one process)."""
+    with contextlib.ExitStack() as held:  # what rank 0 holds for the run: its shard folder's lock
+        return sample_run(args, rank, world, device, held)
+
+
+def sample_run(args, rank: int, world: int, device: torch.device, held: contextlib.ExitStack) -> dict:
     n, B = args.n, args.batch_size
     if n < world:
         raise ValueError(f"--num-samples {n} is smaller than the number of processes ({world})")
@@ -436,7 +475,7 @@ def run(args, rank: int, world: int, device: torch.device) -> dict:
     fp = fingerprint(args)
     agree(world, check_outputs if rank == 0 else (lambda *a: None), args, shard_dir, fp)
     model, config, sampler = agree(world, load, args, device)
-    run_id = [agree(world, claim_shard_dir if rank == 0 else (lambda *a: None), shard_dir, fp)]
+    run_id = [agree(world, claim_shard_dir if rank == 0 else (lambda *a: None), shard_dir, fp, held)]
     if world > 1:
         dist.broadcast_object_list(run_id, src=0)
     run_id = run_id[0]

@@ -478,3 +478,22 @@ def test_a_folder_that_cannot_be_locked_is_one_error_naming_it(tmp_path, monkeyp
     with pytest.raises(OSError, match=rf"--out-dir {tmp_path}: cannot lock {tmp_path / '.train.lock'} \(No locks "
                                       r"available\); use a local folder"):
         RunLock(str(tmp_path)).acquire()
+
+
+def test_a_second_sample_ddp_run_into_a_shard_dir_in_use_is_refused(kept_run):
+    from sample_ddp import lock_marker
+    d, argv, _, good = kept_run
+    (d / "shards" / "shard_000001.npz").write_bytes(good)
+    marker = json.loads((d / "shards" / MARKER).read_text())
+    fd = lock_marker(str(d / "shards"), marker["run"])  # another run holds the folder
+    try:
+        before = snapshot(d / "shards")
+        with pytest.raises(ValueError, match=rf"--shard-dir {d / 'shards'} is in use by another sample_ddp.py run; "
+                                             r"wait for it to end or use another --shard-dir"):
+            main(parse_args([*argv, "--overwrite"]))
+        assert snapshot(d / "shards") == before
+    finally:
+        os.close(fd)
+    with pytest.raises(ValueError, match="is in use by another sample_ddp.py run"):
+        lock_marker(str(d / "shards"), "another run id")  # a marker replaced by another run's: refused too
+    main(parse_args([*argv, "--overwrite"]))  # the lock goes with its holder
