@@ -344,3 +344,12 @@ def test_train_cifar_messages(case, setup, line, tmp_path, capsys):
             "--batch-size", "2", "--out-dir", str(tmp_path / "run"), "--threads", "1", "--no-progress"]
     assert run_script(train.main, train.parse_args, argv, "train.py") == 1
     assert one_line(capsys) == line.format(tmp=tmp_path)
+
+
+def test_an_oversized_state0_is_not_read(kept_fastflow, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sample_ddp, "STATE0_MAX_BYTES", 100)
+    argv = with_state0(" " * 101 + "{}")(tmp_path, kept_fastflow)
+    capsys.readouterr()
+    assert run_script(sample_ddp.main, sample_ddp.parse_args, argv, "sample_ddp.py") == 0
+    assert one_line(capsys) == (f"sample_ddp.py: {tmp_path}/s/state0.json is corrupt (103 bytes, more than a state "
+                                f"ever takes (100)): calibrating again")
