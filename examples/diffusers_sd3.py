@@ -7,11 +7,14 @@
 
 What it does, all with one seed:
 1. the full pipeline (``--steps`` transformer calls per image, two guidance branches batched);
-2. the same pipeline with ``pipe.transformer = fastflow.SkipWrapper(transformer, calls=K)``: its first
-   generation calibrates (all steps real), the second makes K real steps and extrapolates the rest;
+2. the same pipeline with ``pipe.transformer = fastflow.SkipWrapper(transformer, calls=K)``: one
+   calibration generation on another seed (all steps real, timed apart: paid once per model, size
+   and step count), then K real steps per image and extrapolation for the rest;
 3. the pipeline with K steps, the plain alternative at equal cost.
-It prints the transformer calls, wall time and the distance of (2) and (3) from (1), and saves the
-three images side by side.
+The three are timed with models/timing.py: an untimed warm-up generation of each, then the median
+of --rounds interleaved rounds, each speedup checked against its call ratio (steps / K; above 1.05 x
+that, it is flagged as a measurement problem). It prints the transformer calls, time per call, the
+speedups and the distance of (2) and (3) from (1), and saves the three images side by side at --out.
 """
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ import time
 
 import torch
 
-if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
+from models.timing import compare, device_sync  # noqa: E402
 
 
 def build_tiny_sd3(seed: int = 0):
@@ -50,14 +53,10 @@ def build_tiny_sd3(seed: int = 0):
     return pipe, prompt
 
 
-def run(pipe, seed: int, steps: int, device: torch.device, **kwargs):
-    """One image as float32 numpy (H, W, 3) in [0, 1], and the wall time."""
-    start = time.perf_counter()
-    image = pipe(generator=torch.Generator(device="cpu").manual_seed(seed), num_inference_steps=steps,
-                 output_type="np", **kwargs).images[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return image, time.perf_counter() - start
+def run(pipe, seed: int, steps: int, **kwargs):
+    """One image as float32 numpy (H, W, 3) in [0, 1]."""
+    return pipe(generator=torch.Generator(device="cpu").manual_seed(seed), num_inference_steps=steps,
+                output_type="np", **kwargs).images[0]
 
 
 def main(argv=None) -> int:
@@ -65,16 +64,21 @@ def main(argv=None) -> int:
     p.add_argument("--model-id", default="stabilityai/stable-diffusion-3-medium-diffusers",
                    help="a diffusers SD3 model id or folder (default: %(default)s)")
     p.add_argument("--tiny", action="store_true", help="use a tiny random SD3 built offline instead of --model-id")
-    p.add_argument("--prompt", default="a photo of a red fox in the snow")
+    p.add_argument("--prompt", default="a photo of a red fox in the snow", help="(default: %(default)s)")
     p.add_argument("--steps", type=int, default=28, help="the pipeline's steps (default: 28)")
     p.add_argument("--calls", type=int, default=12, help="real transformer steps per image after calibration (default: 12)")
     p.add_argument("--guidance", type=float, default=7.0, help="guidance scale (default: 7.0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the compared images' seed; calibration uses seed + 1 "
+                                                       "(default: 0)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds, median reported (default: 5)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: auto)")
-    p.add_argument("--out", default="sd3_fastflow.png", help="side-by-side image: full, FastFlow, plain K steps")
+    p.add_argument("--out", default="outputs/sd3_fastflow.png",
+                   help="side-by-side image: full, FastFlow, plain K steps (default: %(default)s)")
     args = p.parse_args(argv)
     if not 3 <= args.calls < args.steps:
         p.error(f"--calls must be in [3, --steps), got {args.calls}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     try:
         import diffusers  # noqa: F401
     except ImportError:
@@ -95,27 +99,58 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     kwargs["guidance_scale"] = args.guidance
 
-    full, t_full = run(pipe, args.seed, args.steps, device, **kwargs)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
     transformer = pipe.transformer
-    pipe.transformer = ff.SkipWrapper(transformer, calls=args.calls)
-    run(pipe, args.seed + 1, args.steps, device, **kwargs)          # calibration generation (another seed)
-    fast, t_fast = run(pipe, args.seed, args.steps, device, **kwargs)
-    pipe.transformer.reset()
-    info = pipe.transformer.last_generation
+    calls = []  # one entry per transformer call, whoever makes it
+    transformer.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    wrapped = ff.SkipWrapper(transformer, calls=args.calls)
+    pipe.transformer = wrapped
+    sync = device_sync(device)
+    sync()
+    start = time.perf_counter()
+    wrapped.calibrate(run, pipe, args.seed + 1, args.steps, **kwargs)   # every step real, another seed
+    sync()
+    t_calibration = time.perf_counter() - start
+
+    images = {}
+
+    def contender(name, model, steps):
+        def go():
+            pipe.transformer = model
+            before = len(calls)
+            images[name] = run(pipe, args.seed, steps, **kwargs)
+            if model is wrapped:
+                wrapped.reset()  # end the generation now, so that last_generation is this one
+            return len(calls) - before
+        return go
+    full_name, fast_name, plain_name = f"full {args.steps} steps", "FastFlow", f"plain {args.calls} steps"
+    comparison = compare({full_name: contender(full_name, transformer, args.steps),
+                          fast_name: contender(fast_name, wrapped, args.steps),
+                          plain_name: contender(plain_name, transformer, args.calls)},
+                         full_name, rounds=args.rounds, device=device)
     pipe.transformer = transformer
-    plain, t_plain = run(pipe, args.seed, args.calls, device, **kwargs)
+    info = wrapped.last_generation
 
     def psnr(a, b):
         mse = float(((a - b) ** 2).mean())
         return float("inf") if mse == 0 else -10 * torch.log10(torch.tensor(mse)).item()
-    print(f"full {args.steps} steps: {t_full:.2f} s")
-    print(f"FastFlow, {info['model_calls']} transformer calls ({info['skipped_calls']} skipped, steps "
-          f"{info['skipped_steps']}): {t_fast:.2f} s, PSNR to full {psnr(fast, full):.1f} dB")
-    print(f"plain {args.calls} steps: {t_plain:.2f} s, PSNR to full {psnr(plain, full):.1f} dB")
+    full = images[full_name]
+    print(f"{'pipeline':16s} {'calls':>5s} {'s/image':>8s} {'ms/call':>8s} {'speedup':>13s} {'ceiling':>8s} "
+          f"{'PSNR to full':>12s}")
+    for name, t in comparison.timings.items():
+        dist = "-" if name == full_name else f"{psnr(images[name], full):.1f} dB"
+        print(f"{name:16s} {t.calls:5.0f} {t.seconds:8.3f} {1e3 * t.seconds_per_call:8.1f} {t.speedup_text():>13s} "
+              f"{t.ceiling:7.2f}x {dist:>12s}")
+    for line in [comparison.method()] + comparison.notes():
+        print(line)
+    print(f"FastFlow skipped steps {info['skipped_steps']} ({info['skipped_calls']} transformer calls)")
+    print(f"calibration generation: {t_calibration:.2f} s, all {args.steps} steps real on seed {args.seed + 1}; paid "
+          f"once per model, image size and step count, not in the times above")
     try:
         from PIL import Image
         import numpy as np
-        row = np.concatenate([full, fast, plain], axis=1)
+        row = np.concatenate([full, images[fast_name], images[plain_name]], axis=1)
         Image.fromarray((row * 255).round().astype("uint8")).save(args.out)
         print(f"wrote {args.out} (full | FastFlow | plain {args.calls} steps)")
     except ImportError:

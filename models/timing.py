@@ -5,7 +5,9 @@
   allocation, caches) are paid before the clock starts, by every contender alike.
 * The contenders then run in interleaved rounds, each round in a rotated order (A B C, B C A, ...),
   so that a slow drift or a burst of load on a shared machine hits all of them; each reports the
-  median of its rounds.
+  median of its rounds. A speedup is the median over rounds of the ratio within one round (the
+  reference and the contender timed moments apart, under the same load), which a burst of load
+  lasting a few runs moves far less than a ratio of two medians.
 * The device is synchronised before every clock read (CUDA and MPS run asynchronously).
 * Every speedup is checked against its call-ratio ceiling. A contender making K model calls
   against the reference's R, at equal cost per call, cannot be more than R / K faster; whatever
@@ -45,8 +47,9 @@ class Contender:
 class Timing:
     """One contender's timed rounds.
 
-    ``speedup`` is the reference's median over this one, or None when it is above the call-ratio
-    ceiling (``flagged``) or there is no reference; ``measured_speedup`` keeps the raw ratio.
+    ``speedup`` is the median over rounds of (reference's time / this one's) in the same round, or
+    None when it is above the call-ratio ceiling (``flagged``) or there is no reference;
+    ``measured_speedup`` keeps the raw figure.
     """
 
     name: str
@@ -198,7 +201,7 @@ def compare(contenders: Mapping[str, Union[Callable[[], float], Contender]], ref
     if reference is not None:
         ref = timings[reference]
         for t in timings.values():
-            t.measured_speedup = ref.seconds / t.seconds if t.seconds > 0 else float("inf")
+            t.measured_speedup = statistics.median(a / b if b > 0 else float("inf") for a, b in zip(ref.runs, t.runs))
             t.ceiling = ref.calls / t.calls
     dev = str(torch.device(device)) if device is not None else "cpu"
     return Comparison(timings, reference, rounds, warmup, dev)

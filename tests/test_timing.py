@@ -89,6 +89,26 @@ def test_rounds_are_interleaved_in_rotated_order_and_the_median_is_reported():
     assert c["b"].seconds_per_call == pytest.approx(0.01)
 
 
+def test_the_speedup_pairs_each_round_so_a_burst_of_load_cancels():
+    """Load triples the reference's time in the last two rounds and the other's in the first of
+    them: the median of the per-round ratios stays at the true 2x (its ceiling), where the ratio of
+    the two medians would say 4x, a measurement problem."""
+    clock = FakeClock()
+
+    def run(seconds, calls, load):
+        def go():
+            clock.now += seconds * next(load)
+            return calls
+        return go
+    ref = run(1.0, 20, iter([1, 1, 1, 3, 3]))  # warm-up, then four rounds
+    half = run(0.5, 10, iter([1, 1, 1, 3, 1]))
+    c = compare({"ref": ref, "half": half}, "ref", rounds=4, clock=clock)
+    assert c["ref"].runs == [1, 1, 3, 3] and c["half"].runs == [0.5, 0.5, 1.5, 0.5]
+    assert c["ref"].seconds / c["half"].seconds == pytest.approx(4.0)  # what the medians alone would say
+    assert c["half"].measured_speedup == pytest.approx(2.0)            # ratios 2, 2, 2, 6
+    assert c["half"].ceiling == 2.0 and not c["half"].flagged and c["half"].speedup == pytest.approx(2.0)
+
+
 def test_setup_runs_untimed_before_every_run_and_feeds_run():
     clock, seen = FakeClock(), []
 
