@@ -4,10 +4,10 @@ With no arguments (the main job): Euler-50 and FastFlow from identical noise and
 both grids side by side in one labelled PNG (outputs/euler_vs_fastflow.png), and a table of
 NFE, wall time, time per model call, speedup and its call-ratio ceiling, PSNR/SSIM against
 Euler-50 and classifier accuracy. Times are medians of interleaved rounds on the first
---timing-samples samples, after an untimed warm-up run of each sampler (models/timing.py); a
-speedup above 1.05 x its ceiling (Euler's calls / the sampler's calls) is flagged as a
-measurement problem, not printed. FastFlow's calibration is timed apart: it is paid once per
-model and setting.
+--timing-samples samples, after an untimed warm-up run of each sampler, and a speedup is the
+median of the per-round ratios (models/timing.py); a speedup above 1.05 x its ceiling (Euler's
+calls / the sampler's calls) is flagged as a measurement problem, not printed. FastFlow's
+calibration is timed apart: it is paid once per model and setting.
 
     python sample.py                                   # Euler-50 vs FastFlow, 100 digits
     python sample.py --sampler heun --steps 10 --n 64 --cfg 2 --out-npz s.npz
@@ -31,7 +31,7 @@ from tqdm import tqdm
 import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.metrics import classifier_accuracy
-from models.cli import check_writable, positive_int, resolve_device, run_cli
+from models.cli import check_writable, nonnegative_int, positive_int, resolve_device, run_cli
 from models.evaluation import (DEFAULT_CLASSIFIER, balanced_labels, fidelity, machine_info, make_noise, run_batched,
                                sync)
 from models.sampling import (build_parser, build_sampler, calibrates, grid_image, load_for_sampling, parse_checked, state_tag,
@@ -135,6 +135,17 @@ def write_outputs(writers: dict) -> None:
 
 
 def main(args) -> dict:
+    """The run, with ``--threads`` CPU threads (torch's own count restored after it)."""
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return sample_and_time(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def sample_and_time(args) -> dict:
     setup = prepare(args)
     model, config, device = setup.model, setup.config, setup.device
     shape = (config.in_channels, config.image_size, config.image_size)
@@ -226,7 +237,7 @@ def time_samplers(snapshots: dict, velocity, x0: torch.Tensor, labels: torch.Ten
 
 def timing_notes(comparison: Comparison, samples: int, calibration: dict, args) -> list[str]:
     """The lines printed under the table: how it was timed, any measurement problem, calibration."""
-    lines = [f"{comparison.method()}; {samples} samples per round"]
+    lines = [f"{comparison.method()}; {samples} samples per round, {torch.get_num_threads()} CPU thread(s)"]
     if comparison.reference is not None and len(comparison.timings) > 1:
         lines.append(f"ceiling: Euler's calls / the sampler's calls, the most it can gain at equal cost per call; "
                      f"a speedup above {CEILING_SLACK} x ceiling is a measurement problem, not a result")
@@ -256,10 +267,14 @@ def print_table(rows: list[dict]) -> None:
 
 def add_timing_flags(p) -> None:
     g = p.add_argument_group("timing (models/timing.py)")
-    g.add_argument("--timing-rounds", type=positive_int, default=5,
+    g.add_argument("--timing-rounds", type=positive_int, default=9,
                    help="interleaved timed rounds, median reported (fewer than 3 are labelled unrepeated)")
-    g.add_argument("--timing-samples", type=positive_int, default=25,
+    g.add_argument("--timing-samples", type=positive_int, default=10,
                    help="samples per timed run: the first ones of --n, in one batch")
+    g.add_argument("--threads", type=nonnegative_int, default=1,
+                   help="torch CPU threads for the whole run (0: torch's default). One thread keeps the times "
+                        "steady on a shared machine: with two threads and other jobs running, single model calls "
+                        "here varied 60 ms to 1.7 s, with one 50 to 130 ms")
 
 
 def parse_args(argv=None):

@@ -360,7 +360,8 @@ def parse_args(argv=None):
     p.add_argument("--exact-steps", type=nonnegative_int, default=400,
                    help="steps of the Heun (Euler last step) solution every row is also compared with; 0: none "
                         "(benchmarks/policies.py shows it converged: 200 steps are 3.4e-4 relative L2 from 400)")
-    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=nonnegative_int, default=1,
+                   help="torch CPU threads (0: torch's default); one keeps the times steady on a shared machine")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
     p.add_argument("--quick", action="store_true", help="one configuration per family (smoke test)")
     p.add_argument("--out-json", default="results/bench.json", help="all rows, the machine and the targets")

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import sample
@@ -16,8 +17,10 @@ TINY = ["--steps", "6", "--calls", "3", "--n", "4", "--batch-size", "4", "--warm
 def test_main_job_times_both_samplers_and_writes_a_labelled_png_under_outputs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # default outputs are relative to where it runs: nothing lands in results/
     report = tmp_path / "r.json"
+    threads = torch.get_num_threads()
     assert cli([*TINY, "--report-json", str(report)]) == 0
     out = capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # --threads 1 (the default) held for the run only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "r.json"]
     png = tmp_path / "outputs" / "euler_vs_fastflow.png"
 
@@ -29,7 +32,8 @@ def test_main_job_times_both_samplers_and_writes_a_labelled_png_under_outputs(tm
     assert fast["seconds_per_call"] == pytest.approx(fast["seconds"] / 3)
     assert (fast["speedup"] is None) == (fast["measured_speedup"] > 1.05 * fast["speedup_ceiling"])
     assert fast["calibration_seconds"] > 0 and "calibration_seconds" not in euler
-    assert "median of 3 interleaved rounds" in out and "2 samples per round" in out
+    assert "median of 3 interleaved rounds" in out and "2 samples per round, 1 CPU thread(s)" in out
+    assert r["machine"]["threads"] == 1
     assert "calibration of fastflow:" in out and "paid once per model and setting" in out
 
     grid = np.asarray(Image.open(png).convert("L"))
