@@ -36,7 +36,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
 from models.cli import OneLineParser, check_writable, nonnegative_int, positive_int, run_cli  # noqa: E402
-from models.sampling import calibrates  # noqa: E402
+from models.sampling import calibrate_and_warm_up, calibrates  # noqa: E402
 
 T = 50
 
@@ -122,12 +122,8 @@ def settle(skips):
 def prepared(w, make, warmup):
     """A FastFlow sampler calibrated on warm-up batch 0, then run on batches 1..warmup."""
     s = make()
-    extras, x = w.warm(0)
-    s.calibrate(w.velocity, x, **extras)
-    skips = []
-    for i in range(1, warmup + 1 if s.policy_name != "plan" else 1):
-        extras, x = w.warm(i)
-        skips.append(tuple(s.sample(w.velocity, x, **extras).skipped))
+    results = calibrate_and_warm_up(s, w.velocity, lambda i: w.warm(i)[::-1], warmup + 1 if s.policy_name != "plan" else 1)
+    skips = [tuple(r.skipped) for r in results[1:]]
     return s, (settle(skips) if skips else 0)
 
 

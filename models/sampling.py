@@ -69,15 +69,28 @@ def calibrates(sampler) -> bool:
     return callable(getattr(sampler, "calibrate", None))
 
 
+def calibrate_and_warm_up(sampler, velocity, batch, batches: int, progress=None) -> list:
+    """The one warm-up every script runs before it measures a FastFlow sampler: ``batch(i)`` gives
+    warm-up batch i as (x, extras); the first calibrates (``sampler.calibrate``) unless the sampler
+    is calibrated already, the others sample (a learning policy learns from them). Returns their
+    results. ``progress`` wraps the range of batches (e.g. a tqdm)."""
+    results = []
+    for i in (progress(range(batches)) if progress else range(batches)):
+        x, extras = batch(i)
+        results.append((sampler.sample if sampler.calibrated else sampler.calibrate)(velocity, x, **extras))
+    return results
+
+
 def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, device) -> None:
     """Calibrate (unless a calibrated state was loaded), then let a learning policy learn on the
     rest of ``args.warmup`` batches, each on other noise than the measured run (the plan policy
     learns nothing after its calibration run: one batch)."""
     batches = args.warmup if sampler.policy_name != "plan" else min(args.warmup, 0 if sampler.calibrated else 1)
-    for i in tqdm(range(batches), desc="calibration and warm-up", leave=False, disable=args.quiet):
-        x0 = make_noise(labels.shape[0], shape, seed=args.seed + 1_000_003 * (i + 1)).to(device)  # other noise
-        run = sampler.sample if sampler.calibrated else sampler.calibrate
-        run(velocity, x0, y=labels.to(device), cfg_scale=args.cfg)
+    extras = {"y": labels.to(device), "cfg_scale": args.cfg}
+    other_noise = lambda i: (make_noise(labels.shape[0], shape, seed=args.seed + 1_000_003 * (i + 1)).to(device),  # noqa: E731
+                             extras)
+    calibrate_and_warm_up(sampler, velocity, other_noise, batches,
+                          lambda r: tqdm(r, desc="calibration and warm-up", leave=False, disable=args.quiet))
 
 
 def state_tag(args) -> str:
