@@ -151,8 +151,8 @@ def _find(root: str, stem: str) -> str | None:
     return None
 
 
-def check_mnist(images: np.ndarray, labels: np.ndarray, img: str, lab: str) -> None:
-    """Images and labels that belong together: as many of each, square images, digits 0..9.
+def check_mnist(images: np.ndarray, labels: np.ndarray, img: str, lab: str, what: str = "MNIST labels are digits") -> None:
+    """Images and labels that belong together: as many of each, square images, labels 0..9.
 
     Raises:
         ValueError: naming the file at fault.
@@ -162,32 +162,58 @@ def check_mnist(images: np.ndarray, labels: np.ndarray, img: str, lab: str) -> N
     if images.shape[1] != images.shape[2]:
         raise ValueError(f"{img}: images are {images.shape[1]}x{images.shape[2]}; the model needs square images")
     if labels.max() > 9:
-        raise ValueError(f"{lab}: MNIST labels are digits 0..9, found {int(labels.max())}")
+        raise ValueError(f"{lab}: {what} 0..9, found {int(labels.max())}")
 
 
-def build_mnist(root, train, download, image_size):
+# name -> (torchvision class and raw folder, what its labels are, where a system package puts its files)
+IDX_SETS = {
+    "mnist": ("MNIST", "MNIST labels are digits", None),
+    "fashion-mnist": ("FashionMNIST", "Fashion-MNIST labels are clothing classes",
+                      "/usr/share/fashion-mnist"),  # Debian's dataset-fashion-mnist
+}
+
+
+def build_idx_dataset(name: str, root, train, download, image_size):
+    """MNIST-format data (idx files, 28 x 28 grey, 10 classes) from ``root``, ``root/<Set>/raw`` (the
+    torchvision layout) or, for Fashion-MNIST, Debian's package folder; else torchvision's download.
+
+    Raises:
+        FileNotFoundError: when the split is nowhere and ``download`` is off.
+        ValueError: naming the file, for a malformed one (``read_idx``, ``check_mnist``).
+    """
+    tv_name, labels_are, system = IDX_SETS[name]
     prefix = "train" if train else "t10k"
-    raw_dirs = [root, os.path.join(root, "MNIST", "raw")]
+    raw_dirs = [root, os.path.join(root, tv_name, "raw")] + ([system] if system else [])
     for d in raw_dirs:
         img, lab = _find(d, f"{prefix}-images-idx3-ubyte"), _find(d, f"{prefix}-labels-idx1-ubyte")
         if img and lab:
             images, labels = read_idx(img, "images"), read_idx(lab, "labels")
-            check_mnist(images, labels, img, lab)
+            check_mnist(images, labels, img, lab, labels_are)
             break
     else:
         if not download:
             found = sorted(os.listdir(root)) if os.path.isdir(root) else "directory does not exist"
-            hint = " (pass train=False / --split test for the 10k test digits)" if train else ""
+            hint = " (pass train=False / --split test for the 10k test images)" if train else ""
             raise FileNotFoundError(
-                f"no MNIST {'train' if train else 'test'} split in {root}: expected "
-                f"{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz] here or in MNIST/raw; "
-                f"found {found}{hint}")
+                f"no {tv_name} {'train' if train else 'test'} split in {root}: expected "
+                f"{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz] here or in {tv_name}/raw"
+                f"{' or ' + system if system else ''}; found {found}{hint} (or pass download=True / --download)")
         import torchvision
 
-        ds = torchvision.datasets.MNIST(root, train=train, download=download)
+        ds = getattr(torchvision.datasets, tv_name)(root, train=train, download=download)
         images, labels = ds.data.numpy(), ds.targets.numpy()
     dataset = ImageTensorDataset(images[:, None], labels, image_size)
-    return dataset, DatasetInfo("mnist", 1, image_size or images.shape[-1], 10, num_examples=len(dataset))
+    return dataset, DatasetInfo(name, 1, image_size or images.shape[-1], 10, num_examples=len(dataset))
+
+
+def build_mnist(root, train, download, image_size):
+    """MNIST digits (``build_idx_dataset``)."""
+    return build_idx_dataset("mnist", root, train, download, image_size)
+
+
+def build_fashion_mnist(root, train, download, image_size):
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 clothing images, 28 x 28 grey, 10 classes."""
+    return build_idx_dataset("fashion-mnist", root, train, download, image_size)
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -359,7 +385,8 @@ def build_folder(root, train, download, image_size):
 
 # ---------------------------------------------------------------- registry
 
-DATASETS = {"mnist": build_mnist, "cifar10": build_cifar10, "imagenet64": build_imagenet64, "folder": build_folder}
+DATASETS = {"mnist": build_mnist, "fashion-mnist": build_fashion_mnist, "cifar10": build_cifar10,
+            "imagenet64": build_imagenet64, "folder": build_folder}
 
 
 def default_root(name: str) -> str:
@@ -372,7 +399,7 @@ def build_dataset(name: str, root: str | None = None, train: bool = True, downlo
     """Build a dataset by name.
 
     Args:
-        name: one of DATASETS (mnist, cifar10, imagenet64, folder).
+        name: one of DATASETS (mnist, fashion-mnist, cifar10, imagenet64, folder).
         root: data folder; None -> default_root(name), resolved relative to the repository.
         train: train split (False -> test/val split).
         download: let torchvision download (mnist, cifar10).

@@ -1,0 +1,54 @@
+"""Fashion-MNIST from idx files in the real on-disk format, in either layout, and train.py on it."""
+import gzip
+
+import numpy as np
+import pytest
+
+import train
+from models.data import build_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_idx(folder, prefix, images, labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr, magic in [(f"{prefix}-images-idx3-ubyte.gz", images, 2051), (f"{prefix}-labels-idx1-ubyte.gz", labels, 2049)]:
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(folder / name, "wb") as f:
+            f.write(header + arr.tobytes())
+
+
+def fake(n, seed=0):
+    g = np.random.default_rng(seed)
+    return g.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
+
+
+@pytest.mark.parametrize("layout", [".", "FashionMNIST/raw"])
+def test_both_splits_load_from_the_flat_or_the_torchvision_layout(tmp_path, layout):
+    (tr_x, tr_y), (te_x, te_y) = fake(32), fake(12, seed=1)
+    write_idx(tmp_path / layout, "train", tr_x, tr_y)
+    write_idx(tmp_path / layout, "t10k", te_x, te_y)
+    train_set, info = build_dataset("fashion-mnist", str(tmp_path), train=True)
+    test_set, _ = build_dataset("fashion-mnist", str(tmp_path), train=False)
+    assert info.name == "fashion-mnist" and info.num_classes == 10 and len(train_set) == 32 and len(test_set) == 12
+    x, y = test_set[5]
+    assert tuple(x.shape) == (1, 28, 28) and y == 5
+    np.testing.assert_allclose(x.numpy()[0], te_x[5] / 127.5 - 1, atol=1e-6)
+
+
+def test_missing_or_mislabelled_files_name_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no FashionMNIST test split .* FashionMNIST/raw"):
+        build_dataset("fashion-mnist", str(tmp_path / "none"), train=False)
+    x, y = fake(4)
+    write_idx(tmp_path, "t10k", x, y + 10)
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz: Fashion-MNIST labels are clothing classes 0..9"):
+        build_dataset("fashion-mnist", str(tmp_path), train=False)
+
+
+def test_train_py_trains_on_fashion_mnist(tmp_path):
+    write_idx(tmp_path / "data", "train", *fake(64))
+    result = train.main(train.parse_args([
+        "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "data"), "--model", "DiT-MNIST-tiny", "--steps", "3",
+        "--batch-size", "8", "--out-dir", str(tmp_path / "run"), "--ckpt-every", "0", "--sample-every", "0",
+        "--log-every", "1", "--threads", "1", "--no-progress"]))
+    assert (tmp_path / "run" / "last.pt").exists() and result is not None
