@@ -72,6 +72,9 @@ def main(argv=None) -> int:
                                                        "(default: 0)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds, median reported (default: 5)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: auto)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads, 0 for torch's default; one keeps CPU times steady on a shared machine "
+                        "(default: 1)")
     p.add_argument("--out", default="outputs/sd3_fastflow.png",
                    help="side-by-side image: full, FastFlow, plain K steps (default: %(default)s)")
     args = p.parse_args(argv)
@@ -79,12 +82,16 @@ def main(argv=None) -> int:
         p.error(f"--calls must be in [3, --steps), got {args.calls}")
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.threads < 0:
+        p.error(f"--threads must be at least 0, got {args.threads}")
     try:
         import diffusers  # noqa: F401
     except ImportError:
         print("diffusers_sd3.py: error: needs diffusers and transformers (pip install diffusers transformers)",
               file=sys.stderr)
         return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     if args.tiny:
@@ -142,7 +149,7 @@ def main(argv=None) -> int:
         dist = "-" if name == full_name else f"{psnr(images[name], full):.1f} dB"
         print(f"{name:16s} {t.calls:5.0f} {t.seconds:8.3f} {1e3 * t.seconds_per_call:8.1f} {t.speedup_text():>13s} "
               f"{t.ceiling:7.2f}x {dist:>12s}")
-    for line in [comparison.method()] + comparison.notes():
+    for line in [f"{comparison.method()}; {torch.get_num_threads()} CPU thread(s)"] + comparison.notes():
         print(line)
     print(f"FastFlow skipped steps {info['skipped_steps']} ({info['skipped_calls']} transformer calls)")
     print(f"calibration generation: {t_calibration:.2f} s, all {args.steps} steps real on seed {args.seed + 1}; paid "
