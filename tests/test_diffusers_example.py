@@ -27,7 +27,7 @@ def test_tiny_run_times_three_pipelines_and_writes_only_its_out(tmp_path, monkey
     assert [r[0] for r in table.values()] == ["8", "4", "4"]  # transformer calls, counted at the transformer
     assert table["FastFlow"][-3] == table["plain 4 steps"][-3] == "2.00x"  # the ceiling: 8 / 4 calls
     assert table["full 8 steps"][-1] == "-" and table["FastFlow"][-1] == "dB"
-    assert "median of 3 interleaved rounds" in text and "calibration generation:" in text
+    assert "median of 3 interleaved rounds" in text and "1 CPU thread(s)" in text and "calibration generation:" in text
     assert "paid once per model, image size and step count" in text
 
 
