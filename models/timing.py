@@ -1,5 +1,5 @@
-"""Wall-clock comparisons of samplers that a reader can trust; every script that prints a time uses
-``compare``.
+"""Wall-clock comparisons of samplers that a reader can trust; sample.py, benchmarks/bench.py,
+benchmarks/policies.py and examples/diffusers_sd3.py time through ``compare``.
 
 * Every contender first runs ``warmup`` times untimed: first-call costs (kernel selection, lazy
   allocation, caches) are paid before the clock starts, by every contender alike.
