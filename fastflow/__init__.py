@@ -29,11 +29,12 @@ from .registry import SAMPLERS, make_sampler
 from .result import SampleResult
 from .solvers import AdamsBashforthSampler, EulerSampler, HeunSampler, Sampler
 from .specs import PaperBandit, Plan, PlanningBandit
+from .unipc import UniPCSampler
 from .wrapper import SkipWrapper
 
 __all__ = [
     "__version__", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler", "ExtrapolatedEulerSampler",
     "FastFlowSampler", "FlowTurboSampler", "TeaCacheSampler", "TaylorSeerSampler", "extrapolated_euler",
     "SAMPLERS", "make_sampler", "SampleResult", "SkipWrapper", "adapt", "Plan", "PlanningBandit", "PaperBandit",
-    "plan_skips", "grids",
+    "plan_skips", "grids", "UniPCSampler",
 ]

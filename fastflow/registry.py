@@ -12,6 +12,7 @@ from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler
 from .flowturbo import FlowTurboSampler
 from .solvers import AdamsBashforthSampler, EulerSampler, HeunSampler, Sampler
+from .unipc import UniPCSampler
 
 __all__ = ["SAMPLERS", "make_sampler", "static_sampler"]
 
@@ -35,6 +36,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "taylorseer": TaylorSeerSampler,
     "static": static_sampler,
     "flowturbo": FlowTurboSampler,
+    "unipc": UniPCSampler,  # order 2 with the corrector by default
 }
 
 
