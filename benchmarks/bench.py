@@ -41,7 +41,7 @@ import fastflow as ff  # noqa: E402
 from fastflow.atomic import atomic_write  # noqa: E402
 from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,  # noqa: E402
                         positive_int, resolve_device, run_cli, seed_int)
-from models.sampling import parse_checked  # noqa: E402
+from models.sampling import calibrate_and_warm_up, calibrates, parse_checked  # noqa: E402
 from models.evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER,  # noqa: E402
                                Judge, balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
 from models.timing import MIN_ROUNDS, Comparison, Contender, compare  # noqa: E402
@@ -85,7 +85,7 @@ def configurations(quick: bool, refiner, mus) -> list[BenchConfig]:
                          lambda T=T: ff.HeunSampler(T, correct_last=False)) for T in (25, 13, 10, 8, 5)]
     cfgs += [BenchConfig("ab2", f"AB2-{T}", lambda T=T: ff.AdamsBashforthSampler(T, order=2)) for T in (25, 20, 15, 10)]
     cfgs.append(BenchConfig("static", "Static-50 (every other step)",
-                            lambda: ff.ExtrapolatedEulerSampler(50, ff.static_skip_schedule(50))))
+                            lambda: ff.ExtrapolatedEulerSampler(50, ff.caching.static_skip_schedule(50))))
     cfgs.append(BenchConfig("fastflow", "FastFlow-50 default (plan, tolerance 1)", lambda: ff.FastFlowSampler(50)))
     for K, order in ((20, 1), (16, 1), (14, 2)):
         cfgs.append(BenchConfig("fastflow", f"FastFlow-50 plan K={K}" + (f" order {order}" if order > 1 else ""),
@@ -139,11 +139,11 @@ def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, referen
     """
     sampler = cfg.make()
     extras = {"cfg_scale": args.cfg}
-    if isinstance(sampler, ff.FastFlowSampler):  # learn on other noise first, as a user would
+    if calibrates(sampler):  # calibrate and learn on other noise first, as a user would
         yw = labels[torch.arange(args.warmup_batch_size) % labels.shape[0]].to(device)  # any size fits
-        for i in range(args.warmup * cfg.warmup_factor):
-            xw = make_noise(args.warmup_batch_size, tuple(x0.shape[1:]), seed=args.seed + 7919 * (i + 1)).to(device)
-            sampler.sample(velocity, xw, y=yw, **extras)
+        calibrate_and_warm_up(sampler, velocity, lambda i: (make_noise(
+            args.warmup_batch_size, tuple(x0.shape[1:]), seed=args.seed + 7919 * (i + 1)).to(device), {"y": yw, **extras}),
+            args.warmup * cfg.warmup_factor)
         snapshot = copy.deepcopy(sampler)
         for_timing = lambda: copy.deepcopy(snapshot)  # noqa: E731
     else:
@@ -152,13 +152,13 @@ def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, referen
     run = run_batched(sampler, timed, x0, labels, args.batch_size, device, None, **extras)
     row = {"family": cfg.family, "label": cfg.label, "sampler": repr(sampler), "nfe": run.results[0].nfe,
            "nfe_all_batches": run.nfe, "overhead_share": max(run.seconds - timed.seconds, 0.0) / run.seconds}
-    if isinstance(sampler, ff.FlowTurboSampler):
+    if "refiner_calls" in run.results[0].info:  # FlowTurbo
         row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
     if reference is not None:
         row["psnr"], row["ssim"] = fidelity(run.images, reference)
     if exact is not None:
         row["psnr_vs_exact"] = fidelity(run.images, exact)[0]
-    if isinstance(sampler, ff.FastFlowSampler):
+    if calibrates(sampler):
         row["mu"] = sampler.mu
         if reference is not None:  # plain Euler with FastFlow's (rounded) NFE, same noise
             same = run_batched(ff.EulerSampler(max(2, round(run.nfe))), velocity, x0, labels, args.batch_size,

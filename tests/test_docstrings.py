@@ -119,6 +119,7 @@ def _runs():
         ff.TeaCacheSampler: [(ff.TeaCacheSampler(4), 1)],
         ff.TaylorSeerSampler: [(ff.TaylorSeerSampler(6), 1)],
         ff.FlowTurboSampler: [(ff.FlowTurboSampler(heun=2, pseudo=1, refine=0), 1)],
+        ff.UniPCSampler: [(ff.UniPCSampler(4), 1)],
     }
 
 

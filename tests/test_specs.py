@@ -151,7 +151,7 @@ def test_state_files_too_deep_or_too_long_are_refused_naming_the_file(tmp_path):
 def test_the_top_level_is_small_and_the_rest_is_in_namespaces():
     assert set(ff.__all__) == {
         "__version__", "Sampler", "EulerSampler", "HeunSampler", "AdamsBashforthSampler", "ExtrapolatedEulerSampler",
-        "FastFlowSampler", "FlowTurboSampler", "TeaCacheSampler", "TaylorSeerSampler", "extrapolated_euler",
+        "FastFlowSampler", "FlowTurboSampler", "TeaCacheSampler", "TaylorSeerSampler", "UniPCSampler", "extrapolated_euler",
         "SAMPLERS", "make_sampler", "SampleResult", "SkipWrapper", "adapt", "Plan", "PlanningBandit", "PaperBandit",
         "plan_skips", "grids"}
     assert all(hasattr(ff, n) for n in ff.__all__)
