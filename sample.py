@@ -32,7 +32,7 @@ import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.metrics import classifier_accuracy
 from models.cli import check_writable, nonnegative_int, positive_int, resolve_device, run_cli
-from models.evaluation import (DEFAULT_CLASSIFIER, balanced_labels, fidelity, machine_info, make_noise, run_batched,
+from models.evaluation import (DEFAULT_CLASSIFIER, balanced_labels, fidelity, index_noise, machine_info, run_batched,
                                sync)
 from models.sampling import (build_parser, build_sampler, calibrates, grid_image, load_for_sampling, parse_checked, state_tag,
                              warm_up_bandit, write_json, write_png)
@@ -69,7 +69,7 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, nrow: int,
 def write_npz(images: torch.Tensor, labels: torch.Tensor, path: str) -> None:
     """uint8 N x H x W x C images and their labels, at exactly ``path`` (no suffix added)."""
     u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    atomic_write(path, lambda f: np.savez(f, images=u8, labels=labels.numpy()))
+    atomic_write(path, lambda f: np.savez(f, arr_0=u8, arr_1=labels.numpy(), images=u8, labels=labels.numpy()))
 
 
 @dataclass
@@ -150,7 +150,7 @@ def sample_and_time(args) -> dict:
     model, config, device = setup.model, setup.config, setup.device
     shape = (config.in_channels, config.image_size, config.image_size)
     labels = balanced_labels(args.n, config.num_classes, args.cls)
-    x0 = make_noise(args.n, shape, args.seed)
+    x0 = index_noise(range(args.n), shape, args.seed)  # sample i's noise, as sample_ddp.py draws it
     velocity = model.forward_with_cfg
     with torch.no_grad():  # warm the model up so that timings exclude first-call costs
         velocity(x=x0[:2].to(device), t=torch.zeros(2, device=device), y=labels[:2].to(device), cfg_scale=args.cfg)
@@ -162,7 +162,8 @@ def sample_and_time(args) -> dict:
         sync(device)
         start = time.perf_counter()
         if calibrates(sampler):
-            warm_up_bandit(sampler, velocity, shape, labels[:args.warmup_batch_size], args, device)
+            warm = balanced_labels(args.warmup_batch_size, config.num_classes, args.cls)  # as sample_ddp.py's
+            warm_up_bandit(sampler, velocity, shape, warm, args, device)
         sync(device)
         if uncalibrated:
             calibration[name] = time.perf_counter() - start

@@ -50,7 +50,6 @@ import dataclasses
 import datetime
 import errno
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -69,6 +68,7 @@ import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.distributed import broadcast_state, share_updates
 from models.cli import check_writable, run_cli
+from models.evaluation import index_noise
 from models.npz import NpzError, read_npz
 from models.sampling import (build_parser, build_sampler, grid_image, load_for_sampling, parse_checked, state_tag,
                              warm_up_bandit, write_json, write_png)
@@ -81,16 +81,6 @@ OWN_TEMP = re.compile(r"\.(shard_\d{6}\.npz|state0\.json|" + re.escape(MARKER) +
 # Flags that do not change the images (where they go, how they are reported, where they run).
 NOT_IN_FINGERPRINT = {"out", "out_npz", "report_json", "quiet", "device", "shard_dir", "overwrite", "timeout",
                       "keep_shards", "bandit_state"}
-
-
-def index_noise(indices, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """(len(indices), *shape) standard normal noise; row j depends only on (seed, indices[j])."""
-    rows = []
-    for i in indices:
-        key = hashlib.blake2b(f"{seed}:{int(i)}".encode(), digest_size=8).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(key, "little") & (2 ** 63 - 1))
-        rows.append(torch.randn(shape, generator=g))
-    return torch.stack(rows)
 
 
 def index_labels(indices, num_classes: int, cls=None) -> torch.Tensor:
@@ -561,7 +551,7 @@ def finish(args, sampler, shard_dir, fp, run_id, spec, per_rank, world, resample
     """Rank 0: merge the shards into --out-npz, write the other outputs, then delete the shards."""
     n = args.n
     images, labels = merge(shard_dir, n, args.batch_size, fp, run_id, spec)
-    atomic_write(args.out_npz, lambda f: np.savez(f, arr_0=images, arr_1=labels))
+    atomic_write(args.out_npz, lambda f: np.savez(f, arr_0=images, arr_1=labels, images=images, labels=labels))
     report = make_report(args, per_rank, world, resampled, device)
     if args.out:
         grid = grid_image(torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1,

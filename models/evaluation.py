@@ -5,6 +5,8 @@ Images are (N, C, H, W) in [-1, 1]; t = 0 is noise, t = 1 is data.
 """
 from __future__ import annotations
 
+import hashlib
+
 import os
 import platform
 import time
@@ -28,6 +30,17 @@ def balanced_labels(n: int, num_classes: int, cls: Optional[int] = None) -> torc
     if cls is not None:
         return torch.full((n,), cls, dtype=torch.long)
     return torch.arange(n) % num_classes
+
+
+def index_noise(indices, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """(len(indices), *shape) standard normal noise; row j depends only on (seed, indices[j]): sample i
+    gets the same noise whatever the batch or process it is drawn in (sample.py and sample_ddp.py)."""
+    rows = []
+    for i in indices:
+        key = hashlib.blake2b(f"{seed}:{int(i)}".encode(), digest_size=8).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(key, "little") & (2 ** 63 - 1))
+        rows.append(torch.randn(shape, generator=g))
+    return torch.stack(rows)
 
 
 def make_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -133,8 +133,9 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
     p.add_argument("--class", dest="cls", type=int, default=None, help="one class for all samples")
     p.add_argument("--out", default=None, help="PNG grid path (default: outputs/euler_vs_fastflow.png, or "
                                                "outputs/samples_<sampler>.png with --sampler)")
-    p.add_argument("--out-npz", default=None, help="write images (uint8, N x H x W x C) and labels to exactly "
-                                                   "this path")
+    p.add_argument("--out-npz", default=None, help="write the samples to exactly this path: arr_0 the images "
+                                                   "(uint8, N x H x W x C), arr_1 the labels (the ADM evaluation "
+                                                   "layout), and the same as images / labels")
     p.add_argument("--report-json", default=None, help="write the table and settings as JSON here")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")

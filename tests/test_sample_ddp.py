@@ -138,3 +138,20 @@ def test_bad_input_and_damaged_shards(one_process, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(FAST)
     assert e.value.code == 2 and "--out-npz is required" in capsys.readouterr().err
+
+
+def test_sample_py_gives_the_same_images_and_keys_as_sample_ddp(one_process, tmp_path):
+    """One noise function (row i from (seed, i)), one calibration batch and one .npz layout for both scripts."""
+    import sample
+    (images, labels), _ = one_process
+    out = tmp_path / "s.npz"
+    flags = [f for f in FAST if f != "--quiet"] + ["--quiet", "--sampler", "fastflow", "--calls", "5",
+                                                    "--out-npz", str(out), "--out", str(tmp_path / "s.png")]
+    assert sample.cli(flags) == 0
+    with np.load(out) as z:
+        assert sorted(z.files) == ["arr_0", "arr_1", "images", "labels"]
+        assert np.array_equal(z["arr_0"], images) and np.array_equal(z["arr_1"], labels)
+        assert np.array_equal(z["images"], z["arr_0"]) and np.array_equal(z["labels"], z["arr_1"])
+    main(parse_args([*FAST, "--calls", "5", "--num-samples", "3", "--out-npz", str(tmp_path / "d.npz")]))
+    with np.load(tmp_path / "d.npz") as z:
+        assert sorted(z.files) == ["arr_0", "arr_1", "images", "labels"] and np.array_equal(z["arr_0"], images[:3])
