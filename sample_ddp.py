@@ -636,7 +636,7 @@ def parse_args(argv=None):
     p.set_defaults(sampler="fastflow")
     p.add_argument("--shard-dir", default=None,
                    help="where shards go while sampling: a new or empty folder, or this run's from before "
-                        "(None: <--out-npz>.shards)")
+                        "(default: <--out-npz>.shards)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out-npz")
     p.add_argument("--keep-shards", action="store_true", help="keep the shards after merging")
     p.add_argument("--timeout", type=timeout_seconds, default=600,

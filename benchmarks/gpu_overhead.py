@@ -127,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"], default="none",
                    help="also time every run with torch.compile of the model in this mode (reduce-overhead = "
                         "CUDA graphs on a GPU); the warm-up run pays the compilation")
-    p.add_argument("--out-json", default=None, help="result file (None: results/gpu_overhead_<device type>.json)")
+    p.add_argument("--out-json", default=None, help="result file (default: results/gpu_overhead_<device type>.json)")
     args = p.parse_args(argv)
     try:
         resolve_device(args.device)

@@ -113,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=positive_int, default=2, help="interleaved repeats, the best kept")
     p.add_argument("--images", type=positive_int, default=2048, help="size of the fake data set, in images")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="CPU threads (0 = all cores)")
-    p.add_argument("--out", default=None, help="result file (None: results/train_overhead_<device>.json)")
+    p.add_argument("--out", default=None, help="result file (default: results/train_overhead_<device>.json)")
     args = p.parse_args(argv)
     for name in args.workloads:
         batch = args.batch_size or WORKLOADS[name][2]

@@ -161,7 +161,8 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
                         "order; closer to the exact flow at equal calls)")
     g.add_argument("--bandit", choices=sorted(ff.bandit.BANDITS), default=None, help="paper policy's bandit (ucb1)")
     g.add_argument("--warmup", type=nonnegative_int, default=10,
-                   help="learning-policy warm-up batches on other noise")
+                   help="FastFlow's calibration and learning-policy warm-up batches on other noise (not a "
+                        "learning-rate warm-up: train.py calls that --lr-warmup)")
     g.add_argument("--warmup-batch-size", type=positive_int, default=25, help="samples per warm-up batch")
     g.add_argument("--bandit-state", default=None, help="load the bandit from FILE if it exists, save it back")
     g = p.add_argument_group("other samplers")

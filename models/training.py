@@ -334,18 +334,19 @@ def build_parser(prog: str = "train.py", description: str | None = None) -> OneL
     """train.py's flags (without the checks that need several of them: see ``parse_args``)."""
     p = OneLineParser(prog=prog, description=description)
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="training data set")
-    p.add_argument("--data-root", default=None, help="data folder (None: ../shared/data/<dataset> next to the repo)")
+    p.add_argument("--data-root", default=None, help="data folder (default: ../shared/data/<dataset> next to the repo)")
     p.add_argument("--split", choices=["train", "test"], default="train",
                    help="which split of the data set to train on")
     p.add_argument("--download", action="store_true", help="download the data set if it is missing")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="resize images to this many pixels a side, a multiple of the model's patch size "
-                        "(None: native size)")
+                        "(default: native size)")
     p.add_argument("--model", choices=sorted(DIT_CONFIGS), default="DiT-MNIST-tiny", help="DiT configuration")
     p.add_argument("--steps", type=positive_int, default=1000, help="total optimisation steps")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (split over ranks)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW peak learning rate")
-    p.add_argument("--warmup", type=nonnegative_int, default=100, help="linear learning-rate warmup steps")
+    p.add_argument("--lr-warmup", "--warmup", dest="warmup", type=nonnegative_int, default=100,
+                   help="linear learning-rate warm-up steps (--warmup is the same flag)")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="max grad norm (0 = off)")
     p.add_argument("--ema-decay", type=ema_decay, default=0.999,

@@ -136,7 +136,7 @@ def parse_args(argv=None):
     p = OneLineParser(prog="train_refiner.py", description=__doc__)
     p.add_argument("--base", default="checkpoints/dit_mnist.pt", help="frozen base DiT (EMA weights are used)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="distillation data set")
-    p.add_argument("--data-root", default=None, help="data folder (None: ../shared/data/<dataset> next to the repo)")
+    p.add_argument("--data-root", default=None, help="data folder (default: ../shared/data/<dataset> next to the repo)")
     p.add_argument("--split", choices=["train", "test"], default="test", help="which split of the data set to use")
     p.add_argument("--holdout", type=positive_int, default=1000,
                    help="last N examples of the split, never trained on")
