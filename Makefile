@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: help install bench-deps demo test bench bench-smoke figures clean
+.PHONY: help install bench-deps demo test bench bench-smoke figures gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,10 @@ figures: install
 clean:
 	rm -rf $(VENV) .pytest_cache
 
+# On a GPU machine: its own python3, no venv and no network (scripts/gpu_check.py says what it runs).
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py
+
 help:  # the targets, one line each
 	@echo "make demo         build .venv from requirements.txt, then python sample.py: Euler-50 against FastFlow"
 	@echo "                  on the shipped MNIST DiT, a table and outputs/euler_vs_fastflow.png"
@@ -62,4 +66,7 @@ help:  # the targets, one line each
 	@echo "                  unrepeated timings and no verdicts: a plumbing check, not a measurement)"
 	@echo "make figures      redraw results/policies.png from results/policies.json and docs/euler_vs_fastflow.png"
 	@echo "                  from a demo run (the committed figures the docs show)"
+	@echo "make gpu-check    on a GPU machine, with its own python3 (torch, numpy, einops, tqdm, matplotlib, pytest;"
+	@echo "                  no venv, no network): CUDA tests, GPU and training overhead, the main job's timing,"
+	@echo "                  in at most about 8 minutes, into outputs/gpu_check.json"
 	@echo "make clean        remove .venv and .pytest_cache"
