@@ -59,6 +59,11 @@ def build_parser() -> OneLineParser:
 
 
 def main(args) -> dict:
+    with torch.no_grad():  # scoped: a caller's autograd state is left as it was
+        return run(args)
+
+
+def run(args) -> dict:
     device = resolve_device(args.device)
     for flag in ("out", "out_npz", "report_json"):
         if getattr(args, flag):
@@ -70,7 +75,6 @@ def main(args) -> dict:
     sources, src_labels, cal, cal_labels = load_sources(args, config, device)
     target = (lambda lab: lab.clone()) if args.target_class == "source" else \
         (lambda lab: torch.full_like(lab, int(args.target_class)))
-    torch.set_grad_enabled(False)
     velocity = model.eval().forward_with_cfg
 
     editor = Editor(args, velocity, shape, device)

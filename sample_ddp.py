@@ -64,9 +64,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import fastflow as ff
 from fastflow.atomic import atomic_write
-from fastflow.distributed import broadcast_state, share_updates
+from fastflow.distributed import broadcast_state, learns, share_updates
 from models.cli import check_writable, run_cli
 from models.evaluation import index_noise
 from models.npz import NpzError, read_npz
@@ -472,7 +471,7 @@ def sample_run(args, rank: int, world: int, device: torch.device, held: contextl
     shape = (config.in_channels, config.image_size, config.image_size)
     velocity = model.forward_with_cfg
     spec = shard_spec(args, config)
-    if isinstance(sampler, ff.FastFlowSampler):  # calibrate once, on rank 0; every rank gets its state
+    if learns(sampler):  # calibrate once, on rank 0; every rank gets its state
         agree(world, calibrate if rank == 0 else (lambda *a: None), sampler, args, fp, run_id, shard_dir, velocity,
               shape, config.num_classes, device)
         if world > 1:
@@ -493,7 +492,7 @@ def sample_run(args, rank: int, world: int, device: torch.device, held: contextl
         x0 = index_noise(indices, shape, args.seed).to(device)
         y = index_labels(indices, config.num_classes, args.cls)
         start = time.perf_counter()
-        if isinstance(sampler, ff.FastFlowSampler):
+        if learns(sampler):
             with sampler.deferred_updates():
                 res = sampler.sample(velocity, x0, y=y.to(device), cfg_scale=args.cfg)
             update = res.info.get("update")
@@ -524,7 +523,7 @@ def sample_run(args, rank: int, world: int, device: torch.device, held: contextl
         try:  # every rank applies the same updates: a refused one fails on every rank alike
             if world > 1:
                 share_updates(sampler, update)
-            elif isinstance(sampler, ff.FastFlowSampler):
+            elif learns(sampler):
                 sampler.apply_updates([update])
         except ValueError as e:
             paths = ", ".join(shard_path(shard_dir, k) for k in range(q * world, min((q + 1) * world, batches)))
@@ -557,7 +556,7 @@ def finish(args, sampler, shard_dir, fp, run_id, spec, per_rank, world, resample
         grid = grid_image(torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 127.5 - 1,
                           min(10, len(images)))
         write_png(grid, args.out)
-    if isinstance(sampler, ff.FastFlowSampler) and args.bandit_state:
+    if learns(sampler) and args.bandit_state:
         sampler.save_state(args.bandit_state, tag=state_tag(args))
     if args.report_json:
         write_json(report, args.report_json)

@@ -71,8 +71,12 @@ def one_step_errors(sampler: ff.FastFlowSampler) -> dict:
 
 
 def main(args) -> dict:
+    with torch.no_grad():  # scoped: a caller's autograd state is left as it was
+        return measure(args)
+
+
+def measure(args) -> dict:
     device = torch.device("cpu")
-    torch.set_grad_enabled(False)
     model, config, _ = load_model(args.ckpt, device=device)
     velocity = model.eval().forward_with_cfg
     judge = load_classifier(DEFAULT_CLASSIFIER)

@@ -79,3 +79,9 @@ def test_an_image_of_the_wrong_size_is_refused(tmp_path, capsys):
     assert edit.cli(["--image", str(tmp_path / "big.png"), "--quiet", "--device", "cpu",
                      "--out", str(tmp_path / "e.png")]) == 1
     assert "(1, 32, 32) (C, H, W), the model takes (1, 28, 28)" in capsys.readouterr().err
+
+
+def test_a_run_leaves_the_callers_autograd_on(mnist_root, tmp_path):
+    import torch
+    run(mnist_root, tmp_path, "--method", "sdedit")
+    assert torch.is_grad_enabled()
