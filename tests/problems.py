@@ -41,3 +41,23 @@ class Counted:
 
 def rms(a, b):
     return (a - b).square().sum(-1).mean().sqrt().item()
+
+
+def write_idx(folder, prefix, images, labels):
+    """MNIST-format files ``<prefix>-images-idx3-ubyte.gz`` and ``<prefix>-labels-idx1-ubyte.gz`` in
+    ``folder`` (created), from uint8 images (N, H, W) and labels (N,): the real on-disk format."""
+    import gzip
+    import os
+    os.makedirs(folder, exist_ok=True)
+    for name, arr, magic in [(f"{prefix}-images-idx3-ubyte.gz", images, 2051), (f"{prefix}-labels-idx1-ubyte.gz", labels, 2049)]:
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(os.path.join(folder, name), "wb") as f:
+            f.write(header + arr.tobytes())
+    return folder
+
+
+def fake_digits(n, seed=0):
+    """n random uint8 28 x 28 images and the labels 0..9 in turn."""
+    import numpy as np
+    g = np.random.default_rng(seed)
+    return g.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)

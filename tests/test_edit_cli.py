@@ -1,12 +1,12 @@
 """edit.py on the shipped DiT, on a few fake digits in the real idx format: exact model calls per
 method, the .npz layout of sample.py plus the sources, FastFlow's K calls, and one-line errors."""
-import gzip
 import json
 
 import numpy as np
 import pytest
 
 import edit
+from problems import fake_digits, write_idx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -14,14 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def mnist_root(tmp_path):
     """40 fake MNIST test digits (labels 0..9 in turn) in idx .gz format."""
-    g = np.random.default_rng(0)
-    images = g.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
-    labels = np.arange(40, dtype=np.uint8) % 10
-    for name, arr, magic in [("t10k-images-idx3-ubyte.gz", images, 2051), ("t10k-labels-idx1-ubyte.gz", labels, 2049)]:
-        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-        with gzip.open(tmp_path / name, "wb") as f:
-            f.write(header + arr.tobytes())
-    return tmp_path
+    return write_idx(tmp_path, "t10k", *fake_digits(40))
 
 
 def run(root, tmp_path, *flags):

@@ -1,26 +1,19 @@
 """benchmarks/editing.py end to end on a few fake digits in the real idx format and a short grid:
 every method's rows, calls, sweeps, paths and plot."""
-import gzip
 import json
 
 import numpy as np
 import pytest
 
 from benchmarks import editing
+from problems import fake_digits, write_idx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def mnist_root(tmp_path):
-    g = np.random.default_rng(1)
-    images = g.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
-    labels = np.arange(30, dtype=np.uint8) % 10
-    for name, arr, magic in [("t10k-images-idx3-ubyte.gz", images, 2051), ("t10k-labels-idx1-ubyte.gz", labels, 2049)]:
-        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-        with gzip.open(tmp_path / name, "wb") as f:
-            f.write(header + arr.tobytes())
-    return tmp_path
+    return write_idx(tmp_path, "t10k", *fake_digits(30, seed=1))
 
 
 def test_the_editing_benchmark_measures_every_method_at_every_budget(mnist_root, tmp_path):

@@ -1,31 +1,17 @@
 """Fashion-MNIST from idx files in the real on-disk format, in either layout, and train.py on it."""
-import gzip
-
 import numpy as np
 import pytest
 
 import train
 from models.data import build_dataset
+from problems import fake_digits, write_idx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def write_idx(folder, prefix, images, labels):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, arr, magic in [(f"{prefix}-images-idx3-ubyte.gz", images, 2051), (f"{prefix}-labels-idx1-ubyte.gz", labels, 2049)]:
-        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-        with gzip.open(folder / name, "wb") as f:
-            f.write(header + arr.tobytes())
-
-
-def fake(n, seed=0):
-    g = np.random.default_rng(seed)
-    return g.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
-
-
 @pytest.mark.parametrize("layout", [".", "FashionMNIST/raw"])
 def test_both_splits_load_from_the_flat_or_the_torchvision_layout(tmp_path, layout):
-    (tr_x, tr_y), (te_x, te_y) = fake(32), fake(12, seed=1)
+    (tr_x, tr_y), (te_x, te_y) = fake_digits(32), fake_digits(12, seed=1)
     write_idx(tmp_path / layout, "train", tr_x, tr_y)
     write_idx(tmp_path / layout, "t10k", te_x, te_y)
     train_set, info = build_dataset("fashion-mnist", str(tmp_path), train=True)
@@ -39,14 +25,14 @@ def test_both_splits_load_from_the_flat_or_the_torchvision_layout(tmp_path, layo
 def test_missing_or_mislabelled_files_name_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="no FashionMNIST test split .* FashionMNIST/raw"):
         build_dataset("fashion-mnist", str(tmp_path / "none"), train=False)
-    x, y = fake(4)
+    x, y = fake_digits(4)
     write_idx(tmp_path, "t10k", x, y + 10)
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz: Fashion-MNIST labels are clothing classes 0..9"):
         build_dataset("fashion-mnist", str(tmp_path), train=False)
 
 
 def test_train_py_trains_on_fashion_mnist(tmp_path):
-    write_idx(tmp_path / "data", "train", *fake(64))
+    write_idx(tmp_path / "data", "train", *fake_digits(64))
     result = train.main(train.parse_args([
         "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "data"), "--model", "DiT-MNIST-tiny", "--steps", "3",
         "--batch-size", "8", "--out-dir", str(tmp_path / "run"), "--ckpt-every", "0", "--sample-every", "0",

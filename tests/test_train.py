@@ -1,6 +1,5 @@
 """train.py and models/training.py: data order, exact resume, export, and a two-rank torchrun run."""
 
-import gzip
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from torch.utils.data import DistributedSampler
 import train
 from models import load_checkpoint, load_model, training
 from models.checkpoint import FULL_KEYS
+from problems import fake_digits, write_idx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,14 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def mnist_root(tmp_path):
     """64 fake MNIST training digits in idx .gz format."""
-    g = np.random.default_rng(0)
-    images = g.integers(0, 256, size=(64, 28, 28), dtype=np.uint8)
-    labels = np.arange(64, dtype=np.uint8) % 10
-    for name, arr, magic in [("train-images-idx3-ubyte.gz", images, 2051), ("train-labels-idx1-ubyte.gz", labels, 2049)]:
-        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-        with gzip.open(tmp_path / name, "wb") as f:
-            f.write(header + arr.tobytes())
-    return tmp_path
+    return write_idx(tmp_path, "train", *fake_digits(64))
 
 
 def tiny_args(root, out_dir, steps, *extra):
