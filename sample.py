@@ -257,6 +257,8 @@ def print_table(rows: list[dict]) -> None:
     def speed(r, key):
         if key == "speedup" and r["speedup"] is None and r["measured_speedup"] is not None:
             return "above ceiling"
+        if key == "speedup" and r["speedup"] is not None and r["speedup"] > r["speedup_ceiling"]:
+            return "at ceiling"  # above it by less than the timing noise (a note under the table says by how much)
         return "-" if r[key] is None else f"{r[key]:.2f}x"
     print(f"{'sampler':10s} {'NFE':>6s} {'s/round':>8s} {'ms/call':>8s} {'speedup':>13s} {'ceiling':>8s} "
           f"{'PSNR dB':>8s} {'SSIM':>6s} {'acc':>6s}")

@@ -83,11 +83,20 @@ class Timing:
     def speedup(self) -> Optional[float]:
         return None if self.flagged else self.measured_speedup
 
+    @property
+    def at_ceiling(self) -> bool:
+        """Measured above the ceiling by no more than the timing noise allows: the speedup is the
+        ceiling, within that noise (printed as "at ceiling", never as a number above it)."""
+        return (self.speedup is not None and self.ceiling is not None and self.speedup > self.ceiling)
+
     def speedup_text(self) -> str:
-        """"3.02x", "-" without a reference, "above ceiling" when flagged (see Comparison.notes)."""
+        """"3.02x", "-" without a reference, "at ceiling" within the noise above it, "above ceiling"
+        when flagged (see Comparison.notes)."""
         if self.measured_speedup is None:
             return "-"
-        return "above ceiling" if self.flagged else f"{self.measured_speedup:.2f}x"
+        if self.flagged:
+            return "above ceiling"
+        return "at ceiling" if self.at_ceiling else f"{self.measured_speedup:.2f}x"
 
     def as_dict(self) -> dict:
         return {"seconds": self.seconds, "seconds_per_call": self.seconds_per_call, "calls": self.calls,
@@ -123,6 +132,10 @@ class Comparison:
         """A line per measurement problem: speedups above their ceiling, and unrepeated timings."""
         out = []
         for t in self.timings.values():
+            if t.at_ceiling:
+                out.append(f"{t.name} measured {t.measured_speedup:.2f}x, above its ceiling {t.ceiling:.2f}x by less than "
+                           f"the {CEILING_SLACK - 1:.0%} the timing noise allows: shown as 'at ceiling' (it cannot be "
+                           f"faster than its call ratio)")
             if t.flagged:
                 out.append(f"measurement problem: {t.name} measured {t.measured_speedup:.2f}x faster than "
                            f"{self.reference}, above its call-ratio ceiling {t.ceiling:.2f}x "

@@ -75,3 +75,11 @@ def test_table_columns_line_up_with_the_header(capsys):
     ends = [[i for i in range(11, len(s) + 1) if s[i - 1] != " " and (i == len(s) or s[i] == " ")] for s in lines]
     assert ends[1] == ends[2] and len(ends[1]) == 8  # every cell right-aligned in its column, "-" cells too
     assert set(ends[1]) <= set(ends[0])               # ... where its header ends
+
+
+def test_a_speedup_just_above_its_ceiling_is_printed_at_the_ceiling_not_as_a_number(capsys):
+    row = {"sampler": "fastflow", "nfe": 16.0, "seconds": 0.28, "seconds_per_call": 0.0175, "speedup": 3.16,
+           "measured_speedup": 3.16, "speedup_ceiling": 3.125, "psnr_vs_euler": 50.1, "ssim_vs_euler": 0.998}
+    print_table([row])
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "at ceiling" in line and "3.16" not in line and "3.12x" in line

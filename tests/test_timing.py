@@ -159,3 +159,11 @@ def test_bad_settings_are_refused(kwargs, message):
         compare({"s": FakeSampler(clock, 3)}, clock=clock, **kwargs)
     with pytest.raises(ValueError, match="need a positive count"):
         compare({"s": lambda: 0}, clock=clock)
+
+
+def test_a_speedup_within_the_noise_above_its_ceiling_is_shown_at_the_ceiling():
+    from models.timing import Timing
+    t = Timing("fast", [1.0], 16.0, measured_speedup=3.16, ceiling=3.125)
+    assert t.speedup == 3.16 and t.at_ceiling and not t.flagged and t.speedup_text() == "at ceiling"
+    below = Timing("fast", [1.0], 16.0, measured_speedup=3.05, ceiling=3.125)
+    assert not below.at_ceiling and below.speedup_text() == "3.05x"
