@@ -216,6 +216,87 @@ def build_fashion_mnist(root, train, download, image_size):
     return build_idx_dataset("fashion-mnist", root, train, download, image_size)
 
 
+# ---------------------------------------------------------------- Moving MNIST (video)
+
+
+def bouncing_track(frames: int, room: float, rng: np.random.Generator, speed: tuple = (1.5, 3.0)) -> np.ndarray:
+    """(frames, 2) top-left positions (row, col) of a sprite moving at constant speed inside
+    [0, room] on each axis and bouncing off the edges (position and velocity reflected)."""
+    pos = rng.uniform(0, room, size=2)
+    angle, v = rng.uniform(0, 2 * np.pi), rng.uniform(*speed)
+    vel = v * np.array([np.sin(angle), np.cos(angle)])
+    track = np.empty((frames, 2))
+    for f in range(frames):
+        track[f] = pos
+        pos = pos + vel
+        for a in range(2):  # reflect off the walls (a step never crosses the room twice: speed < room)
+            if pos[a] < 0:
+                pos[a], vel[a] = -pos[a], -vel[a]
+            elif pos[a] > room:
+                pos[a], vel[a] = 2 * room - pos[a], -vel[a]
+    return track
+
+
+class MovingMNIST(Dataset):
+    """Moving-MNIST-style clips synthesised from MNIST digits (as Srivastava et al. 2015 made theirs):
+    ``digits`` digits, each downscaled to ``digit_size`` pixels, move at constant speed on a black
+    ``size`` x ``size`` canvas and bounce off its edges; overlapping digits combine by maximum.
+
+    Clip i is a pure function of (``seed``, i): its digits (drawn from ``images``), start positions
+    and velocities come from a generator seeded with both, so any clip can be regenerated alone.
+    The condition is the class of its first digit. Items are ((F, C=1, H, W) in [-1, 1], label);
+    ``track(i)`` gives the digits' positions per frame (the motion the data obeys).
+    CPU configuration: 8 frames of 32 x 32, one 16 px digit; GPU: 16 frames of 64 x 64, two digits.
+
+    Raises:
+        ValueError: for images that are not uint8 (N, H, W), labels of another count, or a digit
+            that does not fit the canvas.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, clips: int, frames: int = 8, size: int = 32,
+                 digit_size: int = 16, digits: int = 1, seed: int = 0):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels) or len(images) == 0:
+            raise ValueError(f"need uint8 images (N, H, W) and N labels, got {images.dtype} {images.shape} and "
+                             f"{len(labels)} labels")
+        if not 1 <= digit_size < size:
+            raise ValueError(f"a digit of {digit_size} px does not fit a {size} px canvas")
+        small = F.interpolate(torch.from_numpy(images).float()[:, None], size=(digit_size, digit_size),
+                              mode="bilinear", antialias=True, align_corners=False)
+        self.sprites = small[:, 0].clamp(0, 255).round().to(torch.uint8)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.clips, self.frames, self.size, self.digit_size, self.digits, self.seed = \
+            clips, frames, size, digit_size, digits, seed
+
+    def __len__(self):
+        return self.clips
+
+    def _draw(self, i: int):
+        rng = np.random.default_rng([self.seed, i])
+        which = rng.integers(0, len(self.sprites), size=self.digits)
+        tracks = [bouncing_track(self.frames, self.size - self.digit_size, rng) for _ in range(self.digits)]
+        return which, tracks
+
+    def track(self, i: int) -> np.ndarray:
+        """(digits, frames, 2) top-left positions (row, col) of clip i's digits, before rounding to pixels."""
+        return np.stack(self._draw(i)[1])
+
+    def clip(self, i: int) -> tuple[torch.Tensor, int]:
+        """Clip i as uint8 (F, 1, H, W) and its label (the first digit's class)."""
+        which, tracks = self._draw(i)
+        out = torch.zeros(self.frames, 1, self.size, self.size, dtype=torch.uint8)
+        d = self.digit_size
+        for k, track in zip(which, tracks):
+            for f, (r, c) in enumerate(np.rint(track).astype(int)):
+                region = out[f, 0, r:r + d, c:c + d]
+                torch.maximum(region, self.sprites[k], out=region)
+        return out, int(self.labels[which[0]])
+
+    def __getitem__(self, i):
+        clip, label = self.clip(i)
+        return clip.float() / 127.5 - 1.0, label
+
+
 # ---------------------------------------------------------------- CIFAR-10
 
 
