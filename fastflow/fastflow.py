@@ -18,7 +18,9 @@ so a plan that skips a fixed share of the steps keeps second order (Euler: first
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -369,10 +371,14 @@ class FastFlowSampler(_BaseStep):
 
     # -- calibration -----------------------------------------------------------------
 
-    def calibrate(self, velocity, x_init: torch.Tensor, **kwargs) -> SampleResult:
+    def calibrate(self, velocity, x_init: torch.Tensor, replay: bool = False, **kwargs) -> SampleResult:
         """Make the calibration run now, explicitly: a full run of the base solver (nfe == T) that
         records the error table and builds the policy, replacing any earlier calibration. Takes
         ``sample``'s arguments and returns its result. ``sample`` calibrates on first use anyway.
+
+        ``replay=True`` then checks the plan before it is trusted (``replay_check``): it replays the
+        schedule and Euler with as many calls on ``x_init`` (2K more model calls) and reports both
+        deviations from the calibration run in ``info["replay"]``, warning when the plan's is larger.
 
         Raises:
             ValueError: as ``sample`` (a bad or empty ``x_init``, a velocity of the wrong shape or
@@ -381,9 +387,40 @@ class FastFlowSampler(_BaseStep):
         """
         self._calibrating = True
         try:
-            return self.sample(velocity, x_init, **kwargs)
+            result = self.sample(velocity, x_init, **kwargs)
         finally:
             self._calibrating = False
+        if replay:
+            result.info["replay"] = self.replay_check(velocity, x_init, result.x, **kwargs)
+        return result
+
+    def replay_check(self, velocity, x_init: torch.Tensor, reference: torch.Tensor, **kwargs) -> dict:
+        """Replay the current schedule (K calls) and Euler with K steps on the same span from
+        ``x_init``, and measure each one's relative deviation ||x - x_ref|| / ||x_ref|| from
+        ``reference``, the full base-solver run from ``x_init`` (the calibration run's result). The
+        table scores a plan by summed one-step errors; a long run of extrapolated steps can still be
+        unstable, and only a replay shows it. Warns (``RuntimeWarning``) when the plan deviates more
+        than Euler-K. Returns ``calls``, ``plan_deviation``, ``euler_deviation``, ``trusted``.
+
+        Raises:
+            ValueError: before calibration, or as ``sample`` for a bad ``x_init`` or velocity.
+        """
+        frozen = self.freeze()
+        K = frozen.expected_calls()
+        t0, t1 = float(self.times[0]), float(self.times[-1])
+        coarse = EulerSampler(times=torch.linspace(t0, t1, K + 1, dtype=torch.float64)) if K >= 2 else None
+        ref = reference.double()
+
+        def deviation(x):
+            return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+        plan = deviation(frozen.sample(velocity, x_init, **kwargs).x)
+        euler = deviation(coarse.sample(velocity, x_init, **kwargs).x) if coarse is not None else math.inf
+        trusted = plan <= euler
+        if not trusted:
+            warnings.warn(f"FastFlow's plan with {K} calls deviates {plan:.3g} from the full run, more than Euler "
+                          f"with {K} steps ({euler:.3g}): try a lower extrapolation order or more calls",
+                          RuntimeWarning, stacklevel=2)
+        return {"calls": K, "plan_deviation": plan, "euler_deviation": euler, "trusted": trusted}
 
     # -- the step rule ---------------------------------------------------------------
 
