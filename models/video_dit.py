@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.dit import Attention, FinalLayer, LabelEmbedder, TimestepEmbedder, get_2d_sincos_pos_embed, modulate
+from models.dit import (Attention, FinalLayer, LabelEmbedder, TimestepEmbedder, get_2d_sincos_pos_embed,
+                        initialize_dit_weights, modulate)
 
 __all__ = ["VideoDiTConfig", "VideoDiT", "VIDEO_DIT_CONFIGS", "build_video_dit"]
 
@@ -96,24 +97,9 @@ class VideoDiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
-        """Xavier linears, N(0, 0.02) embeddings, and adaLN-Zero (modulations and the output start at
-        zero, so the initial network is exactly v = 0), as in models/dit.py."""
-        def basic(module):
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        self.apply(basic)
-        w = self.x_embedder.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1],
-                                                                      self.final_layer.linear]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        """Xavier linears, N(0, 0.02) embeddings, and adaLN-Zero, so the initial network is exactly
+        v = 0 (``models.dit.initialize_dit_weights``)."""
+        initialize_dit_weights(self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
