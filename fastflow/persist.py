@@ -183,25 +183,21 @@ def read_json(path: str | os.PathLike, what: str = "FastFlow state") -> object:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: corrupt {what} file (not UTF-8 text)") from None
-    # brackets nest at most MAX_DEPTH deep in what we write; count before the parser recurses
-    depth = level = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            level += 1
-            depth = max(depth, level)
-            if depth > MAX_DEPTH:
-                raise ValueError(f"{path}: corrupt {what} file (nested more than {MAX_DEPTH} deep)")
-        elif ch in "]}":
-            level -= 1
+    deep = ValueError(f"{path}: corrupt {what} file (nested more than {MAX_DEPTH} deep)")
     try:
-        return json.loads(text)
+        state = json.loads(text)
+    except RecursionError:  # far deeper than anything this library writes
+        raise deep from None
     except ValueError as e:  # JSONDecodeError, and the int-digits limit of Python >= 3.11
         raise ValueError(f"{path}: corrupt {what} file ({e})") from None
+    stack = [(state, 1)]  # what we write nests at most MAX_DEPTH deep; the checks after recurse
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise deep
+            stack.extend((v, depth + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return state
 
 
 def load_state_file(path: str | os.PathLike, tag: Optional[str], load: Callable[[dict], None],
