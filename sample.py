@@ -36,7 +36,7 @@ from models.evaluation import (DEFAULT_CLASSIFIER, balanced_labels, fidelity, in
                                sync)
 from models.sampling import (build_parser, build_sampler, calibrates, grid_image, load_for_sampling, parse_checked, state_tag,
                              warm_up_bandit, write_json, write_png)
-from models.timing import CEILING_SLACK, Comparison, Contender, compare
+from models.timing import CEILING_SLACK, Comparison, Contender, compare, speedup_text
 
 LABEL_HEIGHT = 18  # pixels of the title strip above each half of the side-by-side PNG
 
@@ -255,10 +255,8 @@ def print_table(rows: list[dict]) -> None:
         return format(v, spec) if isinstance(v, (int, float)) else "-"
 
     def speed(r, key):
-        if key == "speedup" and r["speedup"] is None and r["measured_speedup"] is not None:
-            return "above ceiling"
-        if key == "speedup" and r["speedup"] is not None and r["speedup"] > r["speedup_ceiling"]:
-            return "at ceiling"  # above it by less than the timing noise (a note under the table says by how much)
+        if key == "speedup":
+            return speedup_text(r["measured_speedup"], r["speedup_ceiling"])
         return "-" if r[key] is None else f"{r[key]:.2f}x"
     print(f"{'sampler':10s} {'NFE':>6s} {'s/round':>8s} {'ms/call':>8s} {'speedup':>13s} {'ceiling':>8s} "
           f"{'PSNR dB':>8s} {'SSIM':>6s} {'acc':>6s}")

@@ -44,7 +44,7 @@ from models.cli import (OneLineParser, check_writable, finite_float, nonnegative
 from models.sampling import calibrate_and_warm_up, calibrates, parse_checked  # noqa: E402
 from models.evaluation import (DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_FEATURE_STATS, DEFAULT_REFINER,  # noqa: E402
                                Judge, balanced_labels, fidelity, machine_info, make_noise, run_batched, sync)
-from models.timing import MIN_ROUNDS, Comparison, Contender, compare  # noqa: E402
+from models.timing import MIN_ROUNDS, Comparison, Contender, compare, speedup_text  # noqa: E402
 
 VERDICT_MIN_SAMPLES = 100  # fewer evaluation samples than this judge no target
 
@@ -218,7 +218,8 @@ def targets(rows: list[dict], not_judged: str | None = None) -> dict:
 
 def verdict(label: str, t: dict) -> str:
     """One line per FastFlow row: its numbers, then the verdicts or why there are none."""
-    speed = "above its ceiling (not a result)" if t["speedup"] is None else f"{t['speedup']:.2f}x"
+    speed = "above its ceiling (not a result)" if t["speedup"] is None else speedup_text(t["speedup"],
+                                                                                          t["speedup_ceiling"])
     psnr = "-" if t["psnr"] is None else f"{t['psnr']:.1f} dB"
     same = "-" if t["euler_psnr_at_same_nfe"] is None else f"{t['euler_psnr_at_same_nfe']:.1f}"
     line = (f"{label}: speedup {speed} (ceiling {t['speedup_ceiling']:.2f}x), PSNR {psnr} (Euler at same NFE "
@@ -329,7 +330,7 @@ def print_table(rows, machine):
           f"{'PSNR':>6s} {'SSIM':>6s} {'exact':>6s} {'acc':>6s} {'FD':>7s}")
     for r in rows:
         f = lambda k, s: format(r[k], s) if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
-        speed = "above ceiling" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        speed = speedup_text(r["measured_speedup"], r["speedup_ceiling"])
         print(f"{r['label']:{w}s} {r['nfe']:6.1f} {r['seconds_per_batch']:8.3f} {1e3 * r['seconds_per_call']:8.1f} "
               f"{speed:>13s} {r['speedup_ceiling']:6.2f}x {100 * r['overhead_share']:5.1f} {f('psnr', '6.2f'):>6s} "
               f"{f('ssim', '6.4f'):>6s} {f('psnr_vs_exact', '6.2f'):>6s} {f('accuracy', '6.3f'):>6s} "

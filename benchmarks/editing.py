@@ -38,7 +38,7 @@ from models.cli import OneLineParser, positive_int, run_cli  # noqa: E402
 from models.editing import Editor, load_sources  # noqa: E402
 from models.evaluation import DEFAULT_CKPT, DEFAULT_CLASSIFIER, fidelity, make_noise, machine_info  # noqa: E402
 from models.sampling import write_json  # noqa: E402
-from models.timing import compare  # noqa: E402
+from models.timing import compare, speedup_text  # noqa: E402
 
 # method name -> (fastflow.editing method, edit.py settings); "reconstruct" checks the inversion
 SETTINGS = {
@@ -118,12 +118,12 @@ def measure(args) -> dict:
                                 "timing_notes": timing.notes()}
         if not args.quiet:
             print(f"\n{name} {settings}  ({timing.method()})")
-            print(f"{'sampler':<16}{'calls':>6}{'success':>9}{'keep dB':>9}{'vs full dB':>11}{'s/call':>9}{'speedup':>9}")
+            print(f"{'sampler':<16}{'calls':>6}{'success':>9}{'keep dB':>9}{'vs full dB':>11}{'s/call':>9}{'speedup':>14}")
             for r in rows:
                 vs = r.get("psnr_vs_full_steps")
                 print(f"{r['sampler']:<16}{r['calls']:>6}{r['edit_success']:>9.0%}{r['preservation_psnr']:>9.1f}"
                       f"{'-' if vs is None else format(vs, '.1f'):>11}{r['seconds_per_call']:>9.4f}"
-                      f"{'-' if r['speedup'] is None else format(r['speedup'], '.2f') + 'x':>9}")
+                      f"{speedup_text(r['measured_speedup'], r['speedup_ceiling']):>14}")
             for line in timing.notes():
                 print(line)
 

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
 from models.cli import OneLineParser, check_writable, nonnegative_int, positive_int, run_cli  # noqa: E402
 from models.sampling import calibrate_and_warm_up, calibrates  # noqa: E402
+from models.timing import speedup_text  # noqa: E402
 
 T = 50
 
@@ -345,7 +346,7 @@ def print_timing(rows: dict, comparison) -> None:
     print(f"{'sampler':28s} {'calls':>5s} {'s/batch':>8s} {'ms/call':>8s} {'speedup':>13s} {'ceiling':>8s} "
           f"{'PSNR dB':>8s} {'acc':>5s}")
     for name, t in rows.items():
-        speed = "above ceiling" if t["speedup"] is None else f"{t['speedup']:.2f}x"
+        speed = speedup_text(t["measured_speedup"], t["speedup_ceiling"])
         psnr = "-" if t["psnr"] is None else f"{t['psnr']:.2f}"
         print(f"{name:28s} {t['calls']:5.0f} {t['seconds']:8.3f} {1e3 * t['seconds_per_call']:8.1f} {speed:>13s} "
               f"{t['speedup_ceiling']:7.2f}x {psnr:>8s} {t['accuracy']:5.2f}")

@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
-__all__ = ["CEILING_SLACK", "MIN_ROUNDS", "Contender", "Timing", "Comparison", "compare", "device_sync"]
+__all__ = ["CEILING_SLACK", "MIN_ROUNDS", "Contender", "Timing", "Comparison", "compare", "device_sync",
+           "speedup_text"]
 
 CEILING_SLACK = 1.05  # a speedup above 1.05 x the call ratio is a measurement problem
 MIN_ROUNDS = 3        # fewer timed rounds are reported as unrepeated
@@ -90,13 +91,8 @@ class Timing:
         return (self.speedup is not None and self.ceiling is not None and self.speedup > self.ceiling)
 
     def speedup_text(self) -> str:
-        """"3.02x", "-" without a reference, "at ceiling" within the noise above it, "above ceiling"
-        when flagged (see Comparison.notes)."""
-        if self.measured_speedup is None:
-            return "-"
-        if self.flagged:
-            return "above ceiling"
-        return "at ceiling" if self.at_ceiling else f"{self.measured_speedup:.2f}x"
+        """What a table prints for this speedup (``speedup_text``)."""
+        return speedup_text(self.measured_speedup, self.ceiling)
 
     def as_dict(self) -> dict:
         return {"seconds": self.seconds, "seconds_per_call": self.seconds_per_call, "calls": self.calls,
@@ -150,6 +146,16 @@ class Comparison:
         return {"reference": self.reference, "rounds": self.rounds, "warmup": self.warmup, "device": self.device,
                 "repeated": self.repeated, "ceiling_slack": CEILING_SLACK,
                 "timings": {k: t.as_dict() for k, t in self.timings.items()}}
+
+
+def speedup_text(measured: Optional[float], ceiling: Optional[float]) -> str:
+    """"3.02x"; "-" without a reference; "at ceiling" above the ceiling by less than the timing noise
+    (``CEILING_SLACK``); "above ceiling" beyond it, a measurement problem (see Comparison.notes)."""
+    if measured is None:
+        return "-"
+    if ceiling is not None and measured > CEILING_SLACK * ceiling:
+        return "above ceiling"
+    return "at ceiling" if ceiling is not None and measured > ceiling else f"{measured:.2f}x"
 
 
 def device_sync(device: Union[torch.device, str, None]) -> Callable[[], None]:
