@@ -73,6 +73,8 @@ finite_float = _ranged(float, math.isfinite, "a finite number", "finite_float")
 positive_float = _ranged(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0", "positive_float")
 nonnegative_float = _ranged(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
                             "nonnegative_float")
+# an EMA decay, a dropout probability: a number in [0, 1)
+unit_float = _ranged(float, lambda v: 0 <= v < 1, "a number in [0, 1)", "unit_float")
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -35,7 +35,7 @@ from models.data import DATASETS, ImageTensorDataset, build_dataset, to_unit_ran
 from models import DIT_CONFIGS, DiT
 from models.checkpoint import FULL_KEYS, load_checkpoint, save_checkpoint
 from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,
-                        positive_float, positive_int, seed_int)
+                        positive_float, positive_int, seed_int, unit_float)
 
 from models.evaluation import save_grid
 from fastflow import EulerSampler
@@ -322,12 +322,7 @@ def int_at_least(low: int):
     return parse
 
 
-def ema_decay(text: str) -> float:
-    """argparse type: an EMA decay, a number in [0, 1)."""
-    value = finite_float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+ema_decay = unit_float  # argparse type: an EMA decay, a number in [0, 1)
 
 
 def build_parser(prog: str = "train.py", description: str | None = None) -> OneLineParser:

@@ -38,8 +38,8 @@ from models.classifier import (  # noqa: E402
     save_classifier,
     save_feature_stats,
 )
-from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,  # noqa: E402
-                        positive_float, positive_int, run_cli, seed_int)
+from models.cli import (OneLineParser, check_writable, nonnegative_float, nonnegative_int,  # noqa: E402
+                        positive_float, positive_int, run_cli, seed_int, unit_float)
 from models.data import build_dataset  # noqa: E402
 
 
@@ -154,12 +154,7 @@ def main(args: argparse.Namespace) -> dict:
     return meta
 
 
-def dropout_prob(text: str) -> float:
-    """argparse type: a dropout probability, a number in [0, 1)."""
-    value = finite_float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+dropout_prob = unit_float  # argparse type: a dropout probability, a number in [0, 1)
 
 
 def batch_size_int(text: str) -> int:
