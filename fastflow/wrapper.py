@@ -147,7 +147,7 @@ class SkipWrapper(nn.Module):
             checks.int_in("calls", calls, order + 2)
         if tolerance is not None and checks.finite("tolerance", tolerance, what="a finite number > 0") <= 0:
             raise ValueError(f"tolerance must be a finite number > 0, got {tolerance!r}")
-        self._table_runs = spec.run_limit(max_run, checks.MAX_STEPS)  # checks max_run
+        self._table_runs = spec.run_limit(max_run, checks.MAX_STEPS)  # R of the calibration table; checks max_run
         if time_arg is not None and not isinstance(time_arg, (str, int)):
             raise TypeError(f"time_arg must be a keyword name or a position, got {type(time_arg).__name__}")
         self.model, self.spec = model, spec
@@ -370,7 +370,7 @@ class SkipWrapper(nn.Module):
             gen = None
         if gen is None:
             calibrate = self.skips is None or self._force_calibration
-            run = (SkipRun.calibration(self.order, max(self._table_run(), 1)) if calibrate else self.skips.begin())
+            run = (SkipRun.calibration(self.order, self._table_runs) if calibrate else self.skips.begin())
             gen = self._gen = _Generation(run)
         if tau == gen.tau:
             gen.branch += 1
@@ -384,10 +384,6 @@ class SkipWrapper(nn.Module):
             gen.real = not gen.run.skipping()
             gen.predicted = None
         return self._call(gen, args, kwargs)
-
-    def _table_run(self) -> int:
-        """The R the calibration table is recorded with (cut to the loop's length at its end)."""
-        return self._table_runs
 
     def _timestep(self, args, kwargs) -> float:
         where = self.time_arg
@@ -480,9 +476,8 @@ class SkipWrapper(nn.Module):
 
     def _controller(self, steps: int, **override) -> SkipController:
         o = {**self.options, **override}
-        R = self.spec.run_limit(o["max_run"], checks.MAX_STEPS)
         return SkipController(steps, calls=o["calls"], tolerance=o["tolerance"], policy=self.spec, order=o["order"],
-                              max_run=None if self.spec.fixed_runs else min(R, steps - 2))
+                              max_run=None if self.spec.fixed_runs else min(self._table_runs, steps - 2))
 
     def _calibrate(self, gen: _Generation) -> None:
         T, p = gen.k + 1, self.order
