@@ -11,6 +11,7 @@ from typing import Callable
 from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler
 from .flowturbo import FlowTurboSampler
+from .grids import resolve_grid
 from .solvers import AdamsBashforthSampler, EulerSampler, HeunSampler, Sampler
 from .unipc import UniPCSampler
 
@@ -23,8 +24,8 @@ def static_sampler(steps=None, order: int = 1, *, times=None, base: str = "euler
     Raises:
         ValueError, TypeError: as ``ExtrapolatedEulerSampler`` for a bad grid or order.
     """
-    grid = ExtrapolatedEulerSampler(steps, [], order, times=times)  # resolves T from either form
-    return ExtrapolatedEulerSampler(grid.times, static_skip_schedule(grid.steps, order), order, base=base)
+    T, grid = resolve_grid(steps, times)
+    return ExtrapolatedEulerSampler(grid, static_skip_schedule(T, order), order, base=base)
 
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
