@@ -7,6 +7,8 @@ A full training checkpoint holds
     args                   the training script's arguments (dict)
     data                   dataset statistics: name, image_size, channels, num_classes, normalization
 A slim (shipped) checkpoint holds only `ema`, `config` (+ optionally data/step/args).
+A video model's config (``VideoDiTConfig``) has a ``frames`` field, which is how ``load_model``
+tells the two apart; ``is_video_config`` and ``model_kind`` say which one a checkpoint holds.
 
 A checkpoint is identified by its content, not its name or size (a retrained model of the same
 config has the same size): ``file_sha256`` is the sha256 of its bytes, computed once per process
@@ -20,15 +22,16 @@ t = 1 data, x_t = (1 - t) * noise + t * data, target = data - noise.
 import functools
 import hashlib
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 
 import torch
 
 from fastflow.atomic import atomic_write
 from models.dit import DiT, DiTConfig
+from models.video_dit import VideoDiT, VideoDiTConfig
 
 __all__ = ["CheckpointError", "FULL_KEYS", "SLIM_KEYS", "save_checkpoint", "load_checkpoint", "load_model",
-           "file_sha256"]
+           "file_sha256", "is_video_config", "model_kind"]
 
 FULL_KEYS = ("model", "ema", "optimizer", "step", "config", "args", "data")
 SLIM_KEYS = ("ema", "config")
@@ -67,21 +70,33 @@ def save_checkpoint(path: str | os.PathLike, **payload) -> None:
     and the temporary file is removed. A DiTConfig under `config` is stored as a dict.
     """
     path = os.fspath(path)
-    if isinstance(payload.get("config"), DiTConfig):
+    if isinstance(payload.get("config"), (DiTConfig, VideoDiTConfig)):
         payload["config"] = asdict(payload["config"])
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def config_from_dict(d: dict, path: str = "<dict>") -> DiTConfig:
-    """DiTConfig(**d), with a CheckpointError naming unknown or missing fields."""
+def is_video_config(d: dict) -> bool:
+    """Whether a stored config is a video model's (it has a frame count)."""
+    return isinstance(d, dict) and "frames" in d
+
+
+def model_kind(payload: dict) -> str:
+    """"video" or "image": what the checkpoint payload's model generates."""
+    return "video" if is_video_config(payload.get("config")) else "image"
+
+
+def config_from_dict(d: dict, path: str = "<dict>") -> DiTConfig | VideoDiTConfig:
+    """DiTConfig(**d), or VideoDiTConfig(**d) for a config with ``frames``, with a CheckpointError
+    naming unknown or missing fields."""
     if not isinstance(d, dict):
         raise CheckpointError(f"checkpoint {path}: 'config' should be a dict, got {type(d).__name__}")
-    names = {f.name for f in fields(DiTConfig)}
+    cls = VideoDiTConfig if is_video_config(d) else DiTConfig
+    names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise CheckpointError(f"checkpoint {path}: config has unknown fields {unknown}")
     try:
-        return DiTConfig(**d)
+        return cls(**d)
     except TypeError as e:
         raise CheckpointError(f"checkpoint {path}: bad config {d}: {e}") from e
 
@@ -124,7 +139,7 @@ def load_checkpoint(
     if missing:
         raise CheckpointError(f"checkpoint {path} is missing keys {missing} (has {sorted(payload)})")
     if expected_config is not None:
-        want = asdict(expected_config) if isinstance(expected_config, DiTConfig) else dict(expected_config)
+        want = asdict(expected_config) if is_dataclass(expected_config) else dict(expected_config)
         have = payload.get("config")
         if have != want:
             diff = {k: (have.get(k) if isinstance(have, dict) else None, want.get(k)) for k in want
@@ -134,23 +149,29 @@ def load_checkpoint(
 
 
 def load_model(
-    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[DiT, DiTConfig, dict]:
-    """Rebuild a DiT from a checkpoint file (full or slim) and load its weights.
+    path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu", kind: str | None = None
+) -> tuple[DiT | VideoDiT, DiTConfig | VideoDiTConfig, dict]:
+    """Rebuild a DiT (or a VideoDiT) from a checkpoint file (full or slim) and load its weights.
 
     Args:
         path: checkpoint file.
         ema: load the EMA weights (default; the only ones in a slim file) or the raw ones.
         device: where to put the model.
+        kind: "image" or "video" to refuse the other kind of model with a one-line error (a path
+            that handles only one); None takes either.
 
     Returns:
-        (model in eval mode, float32, on `device`; its DiTConfig; meta dict with
+        (model in eval mode, float32, on `device`; its config; meta dict with
         `data`, `step`, `args` when stored).
     """
     key = "ema" if ema else "model"
     payload = load_checkpoint(path, required=("config", key))
+    have = model_kind(payload)
+    if kind is not None and kind != have:
+        raise CheckpointError(f"checkpoint {path} holds {'a video' if have == 'video' else 'an image'} model "
+                              f"but this path takes {kind} models only")
     config = config_from_dict(payload["config"], os.fspath(path))
-    model = DiT(config)
+    model = (VideoDiT if have == "video" else DiT)(config)
     state = payload[key]
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

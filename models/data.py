@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
-__all__ = ["DatasetInfo", "ImageTensorDataset", "ImageFolderDataset", "build_dataset", "DATASETS",
+__all__ = ["DatasetInfo", "ImageTensorDataset", "ImageFolderDataset", "build_dataset", "DATASETS", "VIDEO_DATASETS",
+           "MovingMNIST", "bouncing_track", "build_moving_mnist",
            "default_root", "read_idx"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
@@ -40,6 +41,7 @@ class DatasetInfo:
     num_classes: int
     normalization: str = NORMALIZATION
     num_examples: int = 0
+    frames: int | None = None  # clips of this many frames (video data); None for images
 
 
 def to_unit_range(images_uint8: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
@@ -297,6 +299,26 @@ class MovingMNIST(Dataset):
         return clip.float() / 127.5 - 1.0, label
 
 
+def build_moving_mnist(root, train, download, frames: int = 8, size: int = 32, digits: int | None = None,
+                       clips: int = 60_000, seed: int | None = None):
+    """Moving-MNIST clips (``MovingMNIST``) made from the MNIST split in ``root``.
+
+    Digits are ``size // 2`` px (16 on the 32 px CPU canvas) and there is one of them up to 32 px,
+    two above (the 64 px GPU configuration) unless ``digits`` says otherwise. ``clips`` clips are
+    indexed (each regenerated from its index); the train split's clips use seed 0 and the test
+    split's seed 1, so the two never share a clip.
+
+    Returns:
+        (dataset of ((F, 1, size, size) in [-1, 1], label), DatasetInfo with ``frames``)
+    """
+    digit_set, _ = build_idx_dataset("mnist", root, train, download, None)
+    digits = digits if digits is not None else (1 if size <= 32 else 2)
+    seed = seed if seed is not None else (0 if train else 1)
+    data = MovingMNIST(digit_set.images[:, 0].numpy(), digit_set.labels.numpy(), clips=clips, frames=frames,
+                       size=size, digit_size=size // 2, digits=digits, seed=seed)
+    return data, DatasetInfo("moving-mnist", 1, size, 10, num_examples=clips, frames=frames)
+
+
 # ---------------------------------------------------------------- CIFAR-10
 
 
@@ -469,9 +491,11 @@ def build_folder(root, train, download, image_size):
 DATASETS = {"mnist": build_mnist, "fashion-mnist": build_fashion_mnist, "cifar10": build_cifar10,
             "imagenet64": build_imagenet64, "folder": build_folder}
 
+VIDEO_DATASETS = {"moving-mnist": build_moving_mnist}  # clips (N, F, C, H, W), shaped by the video model
 
 def default_root(name: str) -> str:
-    """Default data folder: ../shared/data/<name> next to the repository."""
+    """Default data folder: ../shared/data/<name> next to the repository (Moving MNIST: the MNIST one)."""
+    name = "mnist" if name == "moving-mnist" else name
     return os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data", name))
 
 

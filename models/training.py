@@ -31,8 +31,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from models.data import DATASETS, ImageTensorDataset, build_dataset, to_unit_range
+from models.data import DATASETS, VIDEO_DATASETS, ImageTensorDataset, build_dataset, default_root, to_unit_range
 from models import DIT_CONFIGS, DiT
+from models.video_dit import VIDEO_DIT_CONFIGS, VideoDiT
 from models.checkpoint import FULL_KEYS, load_checkpoint, save_checkpoint
 from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,
                         positive_float, positive_int, seed_int, unit_float)
@@ -143,10 +144,13 @@ def sample_t(n: int, kind: str, generator: torch.Generator) -> torch.Tensor:
 
 
 def rectified_flow_loss(model, x1, y, t, noise, drop):
-    """MSE(v(x_t, t, y), x1 - x0) with x0 = noise, x_t = (1 - t) x0 + t x1. Shapes (N, C, H, W), t (N,)."""
-    t_ = t.view(-1, 1, 1, 1)
-    x_t = (1 - t_) * noise + t_ * x1  # (N, C, H, W)
-    v = model(x_t, t, y, force_drop_ids=drop)[:, : x1.shape[1]]  # (N, C, H, W)
+    """MSE(v(x_t, t, y), x1 - x0) with x0 = noise, x_t = (1 - t) x0 + t x1. Shapes (N, C, H, W) images
+    or (N, F, C, H, W) clips, t (N,). A DiT with learn_sigma returns 2C channels: the first C are v."""
+    t_ = t.view(-1, *[1] * (x1.ndim - 1))
+    x_t = (1 - t_) * noise + t_ * x1
+    v = model(x_t, t, y, force_drop_ids=drop)
+    if v.shape != x1.shape:
+        v = v[:, : x1.shape[1]]
     return F.mse_loss(v.float(), (x1 - noise).float())
 
 
@@ -174,11 +178,13 @@ def optimizer_step(opt, model: torch.nn.Module, ema: torch.nn.Module, loss: torc
     return lr
 
 
-def sample_images(model: DiT, labels: torch.Tensor, steps: int, cfg_scale: float, seed: int) -> torch.Tensor:
-    """Samples (N, C, H, W) in [-1, 1] for `labels`, Euler with `steps` steps, noise from `seed`."""
+def sample_images(model: DiT | VideoDiT, labels: torch.Tensor, steps: int, cfg_scale: float, seed: int) -> torch.Tensor:
+    """Samples (N, C, H, W) in [-1, 1] for `labels` ((N, F, C, H, W) clips from a video model), Euler
+    with `steps` steps, noise from `seed`."""
     c = model.config
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(labels), c.in_channels, c.image_size, c.image_size, generator=g)
+    frames = (c.frames,) if isinstance(model, VideoDiT) else ()
+    noise = torch.randn(len(labels), *frames, c.in_channels, c.image_size, c.image_size, generator=g)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -328,7 +334,9 @@ ema_decay = unit_float  # argparse type: an EMA decay, a number in [0, 1)
 def build_parser(prog: str = "train.py", description: str | None = None) -> OneLineParser:
     """train.py's flags (without the checks that need several of them: see ``parse_args``)."""
     p = OneLineParser(prog=prog, description=description)
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="training data set")
+    p.add_argument("--dataset", choices=sorted(DATASETS) + sorted(VIDEO_DATASETS), default="mnist",
+                   help="training data set (moving-mnist: clips made from the MNIST digits in --data-root, "
+                        "shaped by the video --model)")
     p.add_argument("--data-root", default=None, help="data folder (default: ../shared/data/<dataset> next to the repo)")
     p.add_argument("--split", choices=["train", "test"], default="train",
                    help="which split of the data set to train on")
@@ -336,7 +344,9 @@ def build_parser(prog: str = "train.py", description: str | None = None) -> OneL
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="resize images to this many pixels a side, a multiple of the model's patch size "
                         "(default: native size)")
-    p.add_argument("--model", choices=sorted(DIT_CONFIGS), default="DiT-MNIST-tiny", help="DiT configuration")
+    p.add_argument("--model", choices=sorted(DIT_CONFIGS) + sorted(VIDEO_DIT_CONFIGS), default=None,
+                   help="DiT configuration (default: DiT-MNIST-tiny, or VideoDiT-MM-tiny for moving-mnist); a "
+                        "VideoDiT needs --dataset moving-mnist")
     p.add_argument("--steps", type=positive_int, default=1000, help="total optimisation steps")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (split over ranks)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW peak learning rate")
@@ -383,7 +393,17 @@ def parse_args(argv=None, prog: str = "train.py", description: str | None = None
     --overwrite. A bad flag ends with a one-line error and exit status 2."""
     p = build_parser(prog, description)
     args = p.parse_args(argv)
-    patch = DIT_CONFIGS[args.model].patch_size
+    video_data = args.dataset in VIDEO_DATASETS
+    if args.model is None:
+        args.model = "VideoDiT-MM-tiny" if video_data else "DiT-MNIST-tiny"
+    if video_data != (args.model in VIDEO_DIT_CONFIGS):
+        p.error(f"--model {args.model} is {'a video' if not video_data else 'an image'} model but --dataset "
+                f"{args.dataset} holds {'clips' if video_data else 'images'}: a VideoDiT-* model goes with "
+                f"--dataset moving-mnist and a DiT-* model with image data")
+    if video_data and args.image_size is not None:
+        p.error("argument --image-size: Moving-MNIST clips take their frame size and count from the video model")
+    configs = VIDEO_DIT_CONFIGS if video_data else DIT_CONFIGS
+    patch = configs[args.model].patch_size
     if args.image_size is not None and args.image_size % patch:
         p.error(f"argument --image-size: {args.image_size} is not a multiple of {args.model}'s patch size {patch}")
     if args.resume and args.overwrite:
@@ -422,15 +442,22 @@ def run(args, rank: int, world_size: int, local_rank: int, device: torch.device)
 
     if args.download and world_size > 1 and not is_main:
         dist.barrier()  # let rank 0 download first
-    dataset, info = build_dataset(args.dataset, args.data_root, train=args.split == "train",
-                                  download=args.download and is_main, image_size=args.image_size)
+    video = args.dataset in VIDEO_DATASETS
+    if video:  # the clips take their shape from the model
+        base = VIDEO_DIT_CONFIGS[args.model]
+        dataset, info = VIDEO_DATASETS[args.dataset](
+            args.data_root or default_root(args.dataset), train=args.split == "train",
+            download=args.download and is_main, frames=base.frames, size=base.image_size)
+    else:
+        dataset, info = build_dataset(args.dataset, args.data_root, train=args.split == "train",
+                                      download=args.download and is_main, image_size=args.image_size)
+        base = DIT_CONFIGS[args.model]
     if args.download and world_size > 1 and is_main:
         dist.barrier()
-    base = DIT_CONFIGS[args.model]
     config = replace(base, image_size=info.image_size, in_channels=info.channels, num_classes=info.num_classes)
 
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    model = DiT(config).to(device)
+    model = (VideoDiT if video else DiT)(config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     n_params = sum(p.numel() for p in model.parameters())
     precision = choose_precision(args.precision, device, n_params)
@@ -483,7 +510,8 @@ def run(args, rank: int, world_size: int, local_rank: int, device: torch.device)
         save_checkpoint(last_path, model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
                         step=step, config=asdict(config), args=vars(args), data=asdict(info), elapsed_s=elapsed)
 
-    grid_labels = torch.arange(min(info.num_classes, 10)).repeat(8)
+    # a sample grid: 8 images of each class, or one clip per class (a row of its frames)
+    grid_labels = torch.arange(min(info.num_classes, 10)).repeat(1 if video else 8)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     model.train()
     # The loss stays on the device between log steps: reading it every step would stop the host
@@ -521,7 +549,9 @@ def run(args, rank: int, world_size: int, local_rank: int, device: torch.device)
             checkpoint(step, elapsed_before + time.time() - t0)
         if is_main and ((args.sample_every > 0 and step % args.sample_every == 0) or step == args.steps):
             images = sample_images(ema, grid_labels, args.sample_steps, args.cfg_scale, seed=args.seed)
-            save_grid(images, os.path.join(args.out_dir, "samples", f"step_{step:07d}.png"), nrow=len(grid_labels) // 8)
+            nrow = images.shape[1] if video else len(grid_labels) // 8
+            save_grid(images.flatten(0, 1) if video else images,
+                      os.path.join(args.out_dir, "samples", f"step_{step:07d}.png"), nrow=nrow)
     bar.close()
 
     elapsed = elapsed_before + time.time() - t0
