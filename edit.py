@@ -26,8 +26,9 @@ import torch
 from fastflow.atomic import atomic_write
 from models.cli import (OneLineParser, check_writable, finite_float, positive_int, resolve_device, run_cli,
                         seed_int)
+from models.classifier import check_judge, default_judge_files, load_classifier, model_dataset
 from models.editing import METHODS, Editor, check_args, load_sources, to_uint8
-from models.evaluation import DEFAULT_CKPT, DEFAULT_CLASSIFIER, fidelity
+from models.evaluation import DEFAULT_CKPT, fidelity
 from models.sampling import grid_image, write_json, write_png
 
 
@@ -69,7 +70,7 @@ def run(args) -> dict:
         if getattr(args, flag):
             check_writable(getattr(args, flag), "--" + flag.replace("_", "-"))
     from models.checkpoint import load_model
-    model, config, _ = load_model(args.ckpt, device=device)
+    model, config, meta = load_model(args.ckpt, device=device)
     check_args(args, config.num_classes)
     shape = (config.in_channels, config.image_size, config.image_size)
     sources, src_labels, cal, cal_labels = load_sources(args, config, device)
@@ -92,11 +93,12 @@ def run(args) -> dict:
               "preservation_psnr": fidelity(edits, sources)[0]}
     if args.method == "flowedit":
         report["n_avg"] = args.n_avg
-    if os.path.exists(DEFAULT_CLASSIFIER):
+    judge_files = default_judge_files(model_dataset(meta))  # the shipped judge of the model's dataset
+    if judge_files is not None and os.path.exists(judge_files[0]):
         from fastflow.metrics import classifier_accuracy
-        from models.classifier import load_classifier
-        report["edit_success"] = classifier_accuracy(load_classifier(DEFAULT_CLASSIFIER), edits.cpu(),
-                                                     target(src_labels))
+        judge = load_classifier(judge_files[0])
+        check_judge(judge, meta)
+        report["edit_success"] = classifier_accuracy(judge, edits.cpu(), target(src_labels))
     if args.sampler == "fastflow":
         full, full_calls = Editor(args, velocity, shape, device, full=True)(sources, src_labels, target(src_labels))
         report.update(full_model_calls=full_calls, psnr_vs_full_steps=fidelity(edits, full)[0])

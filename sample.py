@@ -32,8 +32,7 @@ import fastflow as ff
 from fastflow.atomic import atomic_write
 from fastflow.metrics import classifier_accuracy
 from models.cli import check_writable, nonnegative_int, positive_int, resolve_device, run_cli
-from models.evaluation import (DEFAULT_CLASSIFIER, balanced_labels, fidelity, index_noise, machine_info, run_batched,
-                               sync)
+from models.evaluation import balanced_labels, fidelity, index_noise, machine_info, run_batched, sync
 from models.sampling import (build_parser, build_sampler, calibrates, grid_image, load_for_sampling, parse_checked, state_tag,
                              warm_up_bandit, write_json, write_png)
 from models.timing import CEILING_SLACK, Comparison, Contender, compare, speedup_text
@@ -106,12 +105,18 @@ def prepare(args) -> Setup:
         if calibrates(sampler) and args.bandit_state and os.path.exists(args.bandit_state):
             sampler.load_state(args.bandit_state, tag=state_tag(args))
 
+    from models.checkpoint import load_checkpoint
+    from models.classifier import check_judge, default_judge_files, load_classifier, model_dataset
+    meta = load_checkpoint(args.ckpt, required=())  # its "data" names the dataset the judge must match
+    files = default_judge_files(model_dataset(meta))
+    default = files[0] if files else None
     classifier = None
-    if args.classifier is not None or os.path.exists(DEFAULT_CLASSIFIER):
-        from models.classifier import load_classifier
-        classifier = load_classifier(args.classifier or DEFAULT_CLASSIFIER)
+    if args.classifier is not None or (default is not None and os.path.exists(default)):
+        classifier = load_classifier(args.classifier or default)
+        check_judge(classifier, meta)
     elif not args.quiet:
-        print(f"no classifier at {DEFAULT_CLASSIFIER}: accuracy is not reported (pass --classifier)")
+        where = f"at {default}" if default else f"judges {model_dataset(meta)} samples"
+        print(f"no classifier {where}: accuracy is not reported (pass --classifier)")
     return Setup(device, model, config, samplers, classifier, outputs)
 
 

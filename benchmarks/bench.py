@@ -166,7 +166,7 @@ def measure(cfg: BenchConfig, velocity, x0, labels, args, device, judge, referen
             row["euler_same_nfe_psnr"] = fidelity(same.images, reference)[0]
     if judge is not None:
         row["accuracy"] = judge.accuracy(run.images, labels)
-        row["fid_features"] = judge.fid(run.images)
+        row["fid_features"] = judge.fid(run.images) if len(run.images) >= judge.min_fd_samples else None
     return row, run.images, for_timing
 
 
@@ -272,14 +272,16 @@ def main(args):
     check_writable(args.out_plot, "--out-plot")
     torch.set_num_threads(args.threads) if args.threads else None
     device = resolve_device(args.device)
-    model, config, _ = load_model(args.ckpt, device=device)
+    model, config, meta = load_model(args.ckpt, device=device)
     refiner = None
     if args.refiner is not None or os.path.exists(DEFAULT_REFINER):  # a refiner asked for must exist
         from models.refiner import load_refiner
         refiner = load_refiner(args.refiner or DEFAULT_REFINER, model, device=device)
     judge = None
     if args.classifier is not None or os.path.exists(DEFAULT_CLASSIFIER):
-        judge = Judge(args.classifier or DEFAULT_CLASSIFIER, args.feature_stats)
+        judge = Judge(args.classifier or DEFAULT_CLASSIFIER, args.feature_stats, model_meta=meta)
+        if args.n < judge.min_fd_samples:
+            print(f"--n {args.n}: the feature distance needs at least {judge.min_fd_samples} samples; not reported")
     shape = (config.in_channels, config.image_size, config.image_size)
     x0, labels = make_noise(args.n, shape, args.seed), balanced_labels(args.n, config.num_classes)
     velocity = model.forward_with_cfg

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
 from fastflow.metrics import classifier_accuracy  # noqa: E402
 from models.checkpoint import load_model  # noqa: E402
-from models.classifier import load_classifier  # noqa: E402
+from models.classifier import check_judge, load_classifier  # noqa: E402
 from models.cli import OneLineParser, positive_int, run_cli  # noqa: E402
 from models.editing import Editor, load_sources  # noqa: E402
 from models.evaluation import DEFAULT_CKPT, DEFAULT_CLASSIFIER, fidelity, make_noise, machine_info  # noqa: E402
@@ -77,9 +77,10 @@ def main(args) -> dict:
 
 def measure(args) -> dict:
     device = torch.device("cpu")
-    model, config, _ = load_model(args.ckpt, device=device)
+    model, config, meta = load_model(args.ckpt, device=device)
     velocity = model.eval().forward_with_cfg
     judge = load_classifier(DEFAULT_CLASSIFIER)
+    check_judge(judge, meta)
     shape = (config.in_channels, config.image_size, config.image_size)
     out = {"machine": machine_info(device), "n": args.n, "steps": args.steps, "target_class": args.target_class,
            "budgets": args.budgets, "methods": {}, "sweeps": {}, "paths": {}}

@@ -104,7 +104,8 @@ def dit_workload(quick):
 
     def score(x, ref):
         x = x.clamp(-1, 1)
-        return {"dev": fidelity(x, ref.clamp(-1, 1))[0], "accuracy": judge.accuracy(x, labels), "fd": judge.fid(x)}
+        return {"dev": fidelity(x, ref.clamp(-1, 1))[0], "accuracy": judge.accuracy(x, labels),
+                "fd": judge.fid(x) if len(x) >= judge.min_fd_samples else None}  # --quick's 20 are too few
 
     steps = 20 if quick else 400
     return Workload("dit", model.forward_with_cfg, x0, {"y": labels, "cfg_scale": 1.0}, warm, score,

@@ -176,17 +176,25 @@ def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
     (unbiased, as ``numpy.cov`` and the reference FID code).
 
+    The centred samples span at most N - 1 dimensions, so ``rank(Sigma) <= N - 1``: a full-rank
+    covariance needs N > D, and fewer samples are refused. A Frechet distance needs many more: its
+    positive bias shrinks like 1/N (measured in ``checkpoints/FASHION_CLASSIFIER_CARD.md``).
+
     Args:
-        features: (N, D) with N >= 2.
+        features: (N, D) with N > D.
 
     Returns:
         ``(mu, sigma)`` of shapes (D,) and (D, D), float64, on the input's device.
 
     Raises:
-        ValueError: unless ``features`` is (N, D) with N >= 2.
+        ValueError: unless ``features`` is (N, D) with D >= 1 and N > D.
     """
-    if features.dim() != 2 or features.shape[0] < 2:
-        raise ValueError(f"features must be (N, D) with N >= 2, got shape {tuple(features.shape)}")
+    if features.dim() != 2 or features.shape[1] < 1:
+        raise ValueError(f"features must be (N, D) with D >= 1, got shape {tuple(features.shape)}")
+    n, d = features.shape
+    if n <= d:
+        raise ValueError(f"{n} samples of {d}-dimensional features give a rank-deficient covariance: "
+                         f"feature statistics need more samples than dimensions (N > D = {d})")
     f = features.double()
     mu = f.mean(dim=0)
     centred = f - mu

@@ -1,4 +1,4 @@
-"""A small CNN digit classifier used as the feature extractor for metrics.
+"""A small CNN classifier of 28 x 28 images (MNIST digits, Fashion-MNIST clothes): the metrics' feature extractor.
 
 It plays the role Inception-v3 plays for FID on natural images: its
 penultimate-layer activations ``features(x)`` define the feature space in which
@@ -16,6 +16,12 @@ Architecture (input ``(N, 1, 28, 28)`` in [-1, 1]), top to bottom::
 Checkpoints store the config next to the weights and rebuild themselves; the
 real-data feature statistics live in a separate small file that records a
 fingerprint of the classifier that produced them.
+
+A classifier knows the dataset it was trained on (``dataset``, stored in its
+file; a file without it is an MNIST one). A generative model is judged by the
+classifier of its own data (``JUDGE_FOR``: Moving-MNIST clips are made of MNIST
+digits, so the digit classifier judges them): :func:`check_judge` refuses any
+other pairing and :func:`default_judge_files` names the shipped pair of files.
 """
 
 from __future__ import annotations
@@ -39,11 +45,22 @@ __all__ = [
     "extract_features",
     "save_feature_stats",
     "load_feature_stats",
+    "JUDGE_FOR",
+    "default_judge_files",
+    "model_dataset",
+    "check_judge",
 ]
 
 CLASSIFIER_FORMAT = "fastflow-mnist-classifier"
 STATS_FORMAT = "fastflow-mnist-feature-stats"
 FORMAT_VERSION = 1
+CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
+
+# dataset a generative model was trained on -> dataset of the classifier that judges its samples
+JUDGE_FOR = {"mnist": "mnist", "moving-mnist": "mnist", "fashion-mnist": "fashion-mnist"}
+# classifier dataset -> (classifier file, feature statistics file) under checkpoints/
+JUDGE_FILES = {"mnist": ("mnist_classifier.pt", "mnist_feature_stats.pt"),
+               "fashion-mnist": ("fashion_classifier.pt", "fashion_feature_stats.pt")}
 
 
 @dataclass
@@ -71,11 +88,14 @@ class ClassifierConfig:
 
 
 class DigitClassifier(nn.Module):
-    """CNN for (N, 1, 28, 28) digits in [-1, 1]; see the module docstring."""
+    """CNN for (N, 1, 28, 28) images in [-1, 1] of ``dataset`` (a key of JUDGE_FILES); see the module docstring."""
 
-    def __init__(self, config: ClassifierConfig | None = None) -> None:
+    def __init__(self, config: ClassifierConfig | None = None, dataset: str = "mnist") -> None:
         super().__init__()
+        if dataset not in JUDGE_FILES:
+            raise ValueError(f"dataset must be one of {sorted(JUDGE_FILES)}, got {dataset!r}")
         self.config = config or ClassifierConfig()
+        self.dataset = dataset
         c1, c2, c3 = self.config.channels
         self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
@@ -123,10 +143,11 @@ def _load_dict(path: str | os.PathLike, fmt: str) -> dict:
 
 
 def save_classifier(path: str | os.PathLike, model: DigitClassifier, meta: dict | None = None) -> None:
-    """Write ``model`` (config + weights, plus optional ``meta`` of plain values) atomically."""
+    """Write ``model`` (config + weights + ``model.dataset``, plus optional ``meta`` of plain values) atomically."""
     payload = {
         "format": CLASSIFIER_FORMAT,
         "version": FORMAT_VERSION,
+        "dataset": model.dataset,
         "config": asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
@@ -135,17 +156,22 @@ def save_classifier(path: str | os.PathLike, model: DigitClassifier, meta: dict 
 
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> DigitClassifier:
-    """Rebuild a classifier from the config stored in ``path``; returned in eval mode.
+    """Rebuild a classifier from the config and dataset stored in ``path``; returned in eval mode.
+
+    A file without a ``dataset`` entry (written before there was more than one) is an MNIST classifier.
 
     Raises:
-        ValueError: if the file is missing, corrupt, not a classifier file, or its
-            weights do not match the shapes its config describes.
+        ValueError: if the file is missing, corrupt, not a classifier file, names an unknown
+            dataset, or its weights do not match the shapes its config describes.
     """
     ckpt = _load_dict(path, CLASSIFIER_FORMAT)
+    dataset = ckpt.get("dataset", "mnist")
+    if dataset not in JUDGE_FILES:
+        raise ValueError(f"{path}: classifier of unknown dataset {dataset!r} (known: {', '.join(sorted(JUDGE_FILES))})")
     try:
         names = {f.name for f in fields(ClassifierConfig)}
         config = ClassifierConfig(**{k: v for k, v in ckpt["config"].items() if k in names})
-        model = DigitClassifier(config)
+        model = DigitClassifier(config, dataset)
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (KeyError, TypeError, RuntimeError, ValueError, AttributeError) as e:
         raise ValueError(f"{path}: classifier weights do not match its stored config ({e})") from e
@@ -230,3 +256,41 @@ def load_feature_stats(path: str | os.PathLike, model: DigitClassifier | None = 
             raise ValueError(f"{path}: statistics were computed with classifier {ckpt.get('classifier_fingerprint')!r}, "
                              f"not with the given one ({fp!r}); recompute them with scripts/train_classifier.py")
     return mu.double(), sigma.double()
+
+
+def default_judge_files(dataset: str, folder: str | os.PathLike = CHECKPOINTS) -> tuple[str, str] | None:
+    """``(classifier path, feature statistics path)`` of the shipped judge for samples of a model
+    trained on ``dataset`` (``JUDGE_FOR``), under ``folder``; None for a dataset no classifier judges.
+    The files are named, not checked: they may not exist."""
+    judge = JUDGE_FOR.get(dataset)
+    if judge is None:
+        return None
+    return tuple(os.path.join(os.fspath(folder), name) for name in JUDGE_FILES[judge])
+
+
+def model_dataset(model_meta: dict | None) -> str:
+    """The dataset a generative model was trained on: ``meta["data"]["name"]`` of ``load_model``'s
+    meta; "mnist" for a checkpoint that does not say (the project's first and, then, only data)."""
+    data = (model_meta or {}).get("data")
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else "mnist"
+
+
+def check_judge(classifier: DigitClassifier, model_meta: dict | None) -> None:
+    """Refuse to judge samples of a model with the classifier of another dataset.
+
+    Args:
+        classifier: the judge; its ``dataset`` says what it was trained on.
+        model_meta: the generative model's meta dict from ``models.checkpoint.load_model``
+            (its dataset: :func:`model_dataset`).
+
+    Raises:
+        ValueError: one line naming both datasets, when ``JUDGE_FOR`` does not pair them.
+    """
+    data = model_dataset(model_meta)
+    want = JUDGE_FOR.get(data)
+    if want != classifier.dataset:
+        fix = (f"use checkpoints/{JUDGE_FILES[want][0]}" if want is not None
+               else f"classifiers exist for models of {', '.join(sorted(JUDGE_FOR))} only")
+        raise ValueError(f"the {classifier.dataset} classifier cannot judge samples of a model trained on {data}: "
+                         f"{fix}")

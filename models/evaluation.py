@@ -83,13 +83,35 @@ def run_batched(sampler: ff.Sampler, velocity: Callable, x0: torch.Tensor, label
 
 
 class Judge:
-    """Scores samples with the project's digit classifier and real-data feature statistics."""
+    """Scores samples with a classifier (digits or clothes) and its real-data feature statistics.
 
-    def __init__(self, classifier_path: str = DEFAULT_CLASSIFIER, stats_path: str = DEFAULT_FEATURE_STATS):
-        from models.classifier import extract_features, load_classifier, load_feature_stats
+    ``model_meta`` (``load_model``'s meta of the model whose samples are judged) makes it refuse a
+    classifier of another dataset (``models.classifier.check_judge``); :meth:`for_model` also picks
+    the shipped files of the model's dataset.
+    """
+
+    def __init__(self, classifier_path: str = DEFAULT_CLASSIFIER, stats_path: str = DEFAULT_FEATURE_STATS,
+                 model_meta: Optional[dict] = None):
+        from models.classifier import check_judge, extract_features, load_classifier, load_feature_stats
         self.classifier = load_classifier(classifier_path)
+        if model_meta is not None:
+            check_judge(self.classifier, model_meta)
         self.real_mu, self.real_sigma = load_feature_stats(stats_path, self.classifier)
         self._features = extract_features
+        self.min_fd_samples = self.classifier.config.feature_dim + 1  # a full-rank covariance needs N > D
+
+    @classmethod
+    def for_model(cls, model_meta: Optional[dict]) -> "Judge":
+        """The shipped judge of the model's dataset (``models.classifier.default_judge_files``).
+
+        Raises:
+            ValueError: for a dataset that no classifier judges, or a judge file that is missing.
+        """
+        from models.classifier import default_judge_files, model_dataset
+        files = default_judge_files(model_dataset(model_meta))
+        if files is None:
+            raise ValueError(f"no classifier judges samples of a model trained on {model_dataset(model_meta)}")
+        return cls(*files, model_meta=model_meta)
 
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         return classifier_accuracy(self.classifier, images, labels)

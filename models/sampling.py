@@ -15,7 +15,7 @@ import fastflow as ff
 from fastflow.atomic import atomic_write
 from models.cli import (OneLineParser, finite_float, nonnegative_float, nonnegative_int, positive_float, positive_int,
                         resolve_device, seed_int)
-from models.evaluation import DEFAULT_CKPT, DEFAULT_CLASSIFIER, DEFAULT_REFINER, make_noise
+from models.evaluation import DEFAULT_CKPT, DEFAULT_REFINER, make_noise
 
 SAMPLER_CHOICES = list(ff.SAMPLERS)
 
@@ -172,8 +172,9 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
     g.add_argument("--refiner", default=DEFAULT_REFINER, help="FlowTurbo's velocity refiner checkpoint")
     g = p.add_argument_group("evaluation")
     g.add_argument("--classifier", default=None,
-                   help=f"digit classifier for the accuracy column (default: {DEFAULT_CLASSIFIER} if present; "
-                        "a path given here must exist)")
+                   help="classifier for the accuracy column, of the model's dataset (default: the shipped one, "
+                        "checkpoints/mnist_classifier.pt or fashion_classifier.pt, if present; a path given here must "
+                        "exist)")
     return p
 
 

@@ -29,7 +29,7 @@ def test_benchmark_writes_well_formed_json_and_plot(tmp_path, capsys):
         assert r["speedup_ceiling"] == pytest.approx(50 / r["timed_nfe"])
         assert (r["speedup"] is None) == (r["measured_speedup"] > 1.05 * r["speedup_ceiling"])
         assert r["timed_nfe"] == r["nfe"]  # the timed runs are the measured first batch
-        assert 0 <= r["accuracy"] <= 1 and r["fid_features"] >= 0
+        assert 0 <= r["accuracy"] <= 1 and r["fid_features"] is None  # 4 samples: too few for 128 feature dims
         assert r["psnr_vs_exact"] > 0
         if r["label"] != "Euler-50":
             assert r["psnr"] > 0 and -1 <= r["ssim"] <= 1

@@ -143,10 +143,10 @@ def test_wrong_format_and_mismatched_weights_raise(tmp_path):
 def test_feature_stats_round_trip_and_fingerprint(tmp_path):
     torch.manual_seed(1)
     a, b = DigitClassifier().eval(), DigitClassifier().eval()
-    feats = extract_features(a, torch.rand(20, 1, 28, 28) * 2 - 1)
+    feats = extract_features(a, torch.rand(200, 1, 28, 28) * 2 - 1)  # N > D = 128: feature_statistics needs it
     mu, sigma = feature_statistics(feats)
     path = tmp_path / "stats.pt"
-    save_feature_stats(path, mu, sigma, 20, a, source="test")
+    save_feature_stats(path, mu, sigma, 200, a, source="test")
     mu2, sigma2 = load_feature_stats(path, a)
     assert torch.equal(mu, mu2) and torch.equal(sigma, sigma2)
     with pytest.raises(ValueError, match="computed with classifier"):
