@@ -70,7 +70,7 @@ def run(args) -> dict:
         if getattr(args, flag):
             check_writable(getattr(args, flag), "--" + flag.replace("_", "-"))
     from models.checkpoint import load_model
-    model, config, meta = load_model(args.ckpt, device=device)
+    model, config, meta = load_model(args.ckpt, device=device, kind="image")
     check_args(args, config.num_classes)
     shape = (config.in_channels, config.image_size, config.image_size)
     sources, src_labels, cal, cal_labels = load_sources(args, config, device)

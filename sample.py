@@ -13,8 +13,16 @@ calibration is timed apart: it is paid once per model and setting.
     python sample.py --sampler heun --steps 10 --n 64 --cfg 2 --out-npz s.npz
     python sample.py --sampler fastflow --calls 14 --order 2          # the optimal plan for 14 model calls
     python sample.py --sampler fastflow --policy bandit --bandit-state state.json --report-json r.json
+    python sample.py --ckpt checkpoints/video_dit.pt --n 16 --out clips.gif    # a video model: clips
 
-Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
+A video checkpoint (``models.video_dit.VideoDiT``) gives clips (N, F, C, H, W) with every sampler
+but FlowTurbo's refiner blocks (the refiner is an image model): --out is an animated GIF (.gif,
+the clips tiled) or one row of frames per clip (.png), --out-npz holds uint8 N x F x H x W x C.
+PSNR and SSIM are means over frames, accuracy is per frame (the digit classifier on a crop around
+each frame's centroid), and a motion column gives the RMS residual in pixels of each clip's
+centroid track against constant velocity with bounces (models/video_eval.py).
+
+Time convention: t = 0 is noise, t = 1 is data; samples are images (or clips) in [-1, 1].
 """
 from __future__ import annotations
 
@@ -33,8 +41,9 @@ from fastflow.atomic import atomic_write
 from fastflow.metrics import classifier_accuracy
 from models.cli import check_writable, nonnegative_int, positive_int, resolve_device, run_cli
 from models.evaluation import balanced_labels, fidelity, index_noise, machine_info, run_batched, sync
-from models.sampling import (build_parser, build_sampler, calibrates, grid_image, load_for_sampling, parse_checked, state_tag,
-                             warm_up_bandit, write_json, write_png)
+from models.sampling import (build_parser, build_sampler, calibrates, grid_image, is_video, load_for_sampling,
+                             parse_checked, sample_shape, state_tag, warm_up_bandit, write_json, write_png)
+from models.video_io import grid_frames, strip_image, video_format, write_gif
 from models.timing import CEILING_SLACK, Comparison, Contender, compare, speedup_text
 
 LABEL_HEIGHT = 18  # pixels of the title strip above each half of the side-by-side PNG
@@ -66,8 +75,9 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, nrow: int,
 
 
 def write_npz(images: torch.Tensor, labels: torch.Tensor, path: str) -> None:
-    """uint8 N x H x W x C images and their labels, at exactly ``path`` (no suffix added)."""
-    u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """uint8 N x H x W x C images (clips: N x F x H x W x C) and their labels, at exactly ``path``
+    (no suffix added)."""
+    u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).numpy()
     atomic_write(path, lambda f: np.savez(f, arr_0=u8, arr_1=labels.numpy(), images=u8, labels=labels.numpy()))
 
 
@@ -100,6 +110,8 @@ def prepare(args) -> Setup:
         raise ValueError(f"two outputs share one path: {outputs}")
 
     model, config, refiner = load_for_sampling(args, device)
+    if is_video(config):
+        video_format(outputs["--out"])
     samplers = {name: build_sampler(name, args, refiner) for name in names}
     for sampler in samplers.values():
         if calibrates(sampler) and args.bandit_state and os.path.exists(args.bandit_state):
@@ -153,7 +165,7 @@ def main(args) -> dict:
 def sample_and_time(args) -> dict:
     setup = prepare(args)
     model, config, device = setup.model, setup.config, setup.device
-    shape = (config.in_channels, config.image_size, config.image_size)
+    shape = sample_shape(config)  # (C, H, W), or (F, C, H, W) for a video model
     labels = balanced_labels(args.n, config.num_classes, args.cls)
     x0 = index_noise(range(args.n), shape, args.seed)  # sample i's noise, as sample_ddp.py draws it
     velocity = model.forward_with_cfg
@@ -189,9 +201,11 @@ def sample_and_time(args) -> dict:
             row["calibration_seconds"] = calibration[name]
         if base is not None:
             if run is not base:
-                row["psnr_vs_euler"], row["ssim_vs_euler"] = fidelity(run.images, base.images)
+                row["psnr_vs_euler"], row["ssim_vs_euler"] = fidelity(*frames(run.images, base.images))
         if setup.classifier is not None:
-            row["accuracy"] = classifier_accuracy(setup.classifier, run.images, labels)
+            row["accuracy"] = accuracy(setup.classifier, run.images, labels)
+        if is_video(config):
+            row["motion_residual"] = motion(run.images, config)
         if calibrates(sampler):
             row.update(policy=sampler.policy_name, calls_target=sampler.calls_target, mu=sampler.mu)
         if "refiner_calls" in run.results[0].info:  # FlowTurbo
@@ -199,21 +213,18 @@ def sample_and_time(args) -> dict:
             row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
         rows.append(row)
     print_table(rows)
-    for line in timing_notes(comparison, timed, calibration, args):
+    for line in timing_notes(comparison, timed, calibration, args, is_video(config)):
         print(line)
 
     last = list(runs)[-1]
-    nrow = min(10, args.n)
-    if args.sampler is None:
-        titles = (f"Euler-{args.steps}, {runs['euler'].nfe:g} calls", f"FastFlow, {runs['fastflow'].nfe:g} calls")
-        grid = side_by_side(runs["euler"].images, runs["fastflow"].images, nrow, titles)
-    else:
-        grid = grid_image(runs[last].images, nrow)
+    titles = None if args.sampler is not None else (
+        f"Euler-{args.steps}, {runs['euler'].nfe:g} calls", f"FastFlow, {runs['fastflow'].nfe:g} calls")
+    picture = make_picture([run.images for run in runs.values()], titles, setup.outputs["--out"], config)
     report = {**rows[-1], "n": args.n, "seed": args.seed, "cfg": args.cfg, "batch_size": args.batch_size,
               "rows": rows, "timing": {**comparison.as_dict(), "samples_per_round": timed},
               "machine": machine_info(device)}
     out = setup.outputs
-    writers = {"--out": (out["--out"], lambda: write_png(grid, out["--out"]))}
+    writers = {"--out": (out["--out"], lambda: picture(out["--out"]))}
     if "--out-npz" in out:
         writers["--out-npz"] = (out["--out-npz"], lambda: write_npz(runs[last].images, labels, out["--out-npz"]))
     if "--bandit-state" in out:
@@ -224,6 +235,44 @@ def sample_and_time(args) -> dict:
     write_outputs(writers)
     print(f"grid: {out['--out']}")
     return report
+
+
+def frames(*batches: torch.Tensor) -> list[torch.Tensor]:
+    """Clips (N, F, C, H, W) as their N F frames (N F, C, H, W); images unchanged."""
+    return [b.flatten(0, 1) if b.dim() == 5 else b for b in batches]
+
+
+def accuracy(classifier, samples: torch.Tensor, labels: torch.Tensor) -> float:
+    """The classifier's accuracy on images, or per frame on clips (a crop around each frame's
+    centroid, ``models.video_eval.per_frame_accuracy``): never on a whole clip."""
+    if samples.dim() == 5:
+        from models.video_eval import per_frame_accuracy
+        return per_frame_accuracy(classifier, samples, labels)
+    return classifier_accuracy(classifier, samples, labels)
+
+
+def motion(clips: torch.Tensor, config) -> float | None:
+    """Mean over clips of the centroid track's RMS residual (pixels) against constant velocity with
+    bounces (``models.video_eval.motion_residual``); None for clips of two digits."""
+    from models.video_eval import centroids, digit_room, motion_residual
+    room = digit_room(config.image_size)
+    return None if room is None else motion_residual(centroids(clips), room).mean().item()
+
+
+def make_picture(samples: list[torch.Tensor], titles, path: str, config):
+    """A writer ``write(path)`` of --out: the image grid (or, with ``titles``, the two runs side by
+    side under them); a video model's clips as a GIF (.gif, every frame of every clip tiled) or
+    as strips (.png, a row of frames per clip)."""
+    nrow = min(10, samples[-1].shape[0])
+    if not is_video(config):
+        grid = side_by_side(*samples, nrow, titles) if titles else grid_image(samples[-1], nrow)
+        return lambda p: write_png(grid, p)
+    if video_format(path) == ".png":
+        strips = side_by_side(*frames(*samples), config.frames, titles) if titles else strip_image(samples[-1])
+        return lambda p: write_png(strips, p)
+    movie = (torch.stack([side_by_side(*(s[:, f] for s in samples), nrow, titles) for f in range(config.frames)])
+             if titles else grid_frames(samples[-1], nrow))
+    return lambda p: write_gif(movie, p)
 
 
 def time_samplers(snapshots: dict, velocity, x0: torch.Tensor, labels: torch.Tensor, args, device) -> Comparison:
@@ -241,13 +290,18 @@ def time_samplers(snapshots: dict, velocity, x0: torch.Tensor, labels: torch.Ten
                    progress=progress)
 
 
-def timing_notes(comparison: Comparison, samples: int, calibration: dict, args) -> list[str]:
-    """The lines printed under the table: how it was timed, any measurement problem, calibration."""
+def timing_notes(comparison: Comparison, samples: int, calibration: dict, args, video: bool = False) -> list[str]:
+    """The lines printed under the table: how it was timed, any measurement problem, calibration,
+    and for clips (``video``) what the quality columns measure."""
     lines = [f"{comparison.method()}; {samples} samples per round, {torch.get_num_threads()} CPU thread(s)"]
     if comparison.reference is not None and len(comparison.timings) > 1:
         lines.append(f"ceiling: Euler's calls / the sampler's calls, the most it can gain at equal cost per call; "
                      f"a speedup above {CEILING_SLACK} x ceiling is a measurement problem, not a result")
     lines += comparison.notes()
+    if video:
+        lines.append("clips: PSNR and SSIM are means over frames, acc is per frame (a crop around each frame's "
+                     "centroid), motion the RMS residual in px of the centroid track against constant velocity "
+                     "with bounces (models/video_eval.py)")
     for name, seconds in calibration.items():
         lines.append(f"calibration of {name}: {seconds:.2f} s (a full {args.steps}-step run on {args.warmup_batch_size} "
                      f"samples of other noise, and a learning policy's warm-up batches): paid once per model and "
@@ -263,12 +317,14 @@ def print_table(rows: list[dict]) -> None:
         if key == "speedup":
             return speedup_text(r["measured_speedup"], r["speedup_ceiling"])
         return "-" if r[key] is None else f"{r[key]:.2f}x"
+    video = any("motion_residual" in r for r in rows)  # clips: a motion column (pixels)
     print(f"{'sampler':10s} {'NFE':>6s} {'s/round':>8s} {'ms/call':>8s} {'speedup':>13s} {'ceiling':>8s} "
-          f"{'PSNR dB':>8s} {'SSIM':>6s} {'acc':>6s}")
+          f"{'PSNR dB':>8s} {'SSIM':>6s} {'acc':>6s}" + (f" {'motion':>7s}" if video else ""))
     for r in rows:
         print(f"{r['sampler']:10s} {r['nfe']:6.1f} {r['seconds']:8.3f} {1e3 * r['seconds_per_call']:8.1f} "
               f"{speed(r, 'speedup'):>13s} {speed(r, 'speedup_ceiling'):>8s} {fmt(r.get('psnr_vs_euler'), '8.2f'):>8s} "
-              f"{fmt(r.get('ssim_vs_euler'), '6.4f'):>6s} {fmt(r.get('accuracy'), '6.3f'):>6s}")
+              f"{fmt(r.get('ssim_vs_euler'), '6.4f'):>6s} {fmt(r.get('accuracy'), '6.3f'):>6s}"
+              + (f" {fmt(r.get('motion_residual'), '7.3f'):>7s}" if video else ""))
 
 
 def add_timing_flags(p) -> None:

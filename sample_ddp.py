@@ -396,7 +396,7 @@ def release_shard_dir(shard_dir: str, run_id: str) -> None:
 
 def load(args, device):
     """Model, config, sampler (refiner included), all flags checked against the model."""
-    model, config, refiner = load_for_sampling(args, device)
+    model, config, refiner = load_for_sampling(args, device, kind="image")  # image shards only
     return model, config, build_sampler(args.sampler, args, refiner)
 
 

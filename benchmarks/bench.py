@@ -272,7 +272,7 @@ def main(args):
     check_writable(args.out_plot, "--out-plot")
     torch.set_num_threads(args.threads) if args.threads else None
     device = resolve_device(args.device)
-    model, config, meta = load_model(args.ckpt, device=device)
+    model, config, meta = load_model(args.ckpt, device=device, kind="image")
     refiner = None
     if args.refiner is not None or os.path.exists(DEFAULT_REFINER):  # a refiner asked for must exist
         from models.refiner import load_refiner

@@ -77,7 +77,7 @@ def main(args) -> dict:
 
 def measure(args) -> dict:
     device = torch.device("cpu")
-    model, config, meta = load_model(args.ckpt, device=device)
+    model, config, meta = load_model(args.ckpt, device=device, kind="image")
     velocity = model.eval().forward_with_cfg
     judge = load_classifier(DEFAULT_CLASSIFIER)
     check_judge(judge, meta)

@@ -1,7 +1,9 @@
 """What sample.py and sample_ddp.py share: their flags, the sampler a command line names, the model
-(and refiner) loader, the FastFlow calibration and warm-up, state tags and the PNG / JSON writers.
+(and refiner) loader, a sample's shape, the FastFlow calibration and warm-up, state tags and the
+PNG / JSON writers.
 
-Time convention: t = 0 is noise, t = 1 is data; samples are images in [-1, 1].
+Time convention: t = 0 is noise, t = 1 is data; samples are images (N, C, H, W) or, from a video
+model, clips (N, F, C, H, W), in [-1, 1].
 """
 from __future__ import annotations
 
@@ -42,26 +44,45 @@ def build_sampler(name: str, args, refiner=None) -> ff.Sampler:
     return ff.make_sampler(name, **sampler_settings(name, args, refiner))
 
 
-def load_for_sampling(args, device: torch.device):
+def load_for_sampling(args, device: torch.device, kind: str | None = None):
     """The model of ``--ckpt`` on ``device``, checked against ``--class``, and FlowTurbo's refiner
     (``--refiner``) when ``--sampler flowturbo`` has refiner blocks (else None).
 
+    Args:
+        kind: "image" or "video" to refuse the other kind of model (``load_model``); None: either.
     Returns:
         (model, config, refiner).
     Raises:
-        ValueError: --class out of the model's range; what load_model / load_refiner raise for a
-        missing or corrupt file.
+        ValueError: --class out of the model's range; refiner blocks for a video model (the
+        refiner is an image model); what load_model / load_refiner raise for a missing or corrupt
+        file or a model of the other kind.
     """
     from models.checkpoint import load_model
-    model, config, _ = load_model(args.ckpt, device=device)
+    model, config, _ = load_model(args.ckpt, device=device, kind=kind)
     if args.cls is not None and not 0 <= args.cls < config.num_classes:
         raise ValueError(f"--class {args.cls} is out of range: the model has classes 0..{config.num_classes - 1}")
     refiner = None
     if args.sampler == "flowturbo":
         from models.refiner import load_refiner, parse_turbo
-        if parse_turbo(args.turbo)[2] > 0:
+        heun, pseudo, refine = parse_turbo(args.turbo)
+        if refine > 0 and is_video(config):
+            raise ValueError(f"--turbo {args.turbo}: FlowTurbo's refiner (--refiner) is an image model and cannot "
+                             f"refine clips of {args.ckpt}; use blocks without R for a video model, e.g. "
+                             f"--turbo H{heun}P{pseudo}")
+        if refine > 0:
             refiner = load_refiner(args.refiner, model, device=device)
     return model, config, refiner
+
+
+def is_video(config) -> bool:
+    """Whether a model config is a video model's (it has a frame count)."""
+    return hasattr(config, "frames")
+
+
+def sample_shape(config) -> tuple[int, ...]:
+    """The shape of one sample: (F, C, H, W) for a video model's config, (C, H, W) for an image model's."""
+    image = (config.in_channels, config.image_size, config.image_size)
+    return (config.frames, *image) if is_video(config) else image
 
 
 def calibrates(sampler) -> bool:
@@ -132,10 +153,13 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
     p.add_argument("--seed", type=seed_int, default=0, help="noise seed; labels are 0, 1, 2, ... in turn")
     p.add_argument("--class", dest="cls", type=int, default=None, help="one class for all samples")
     p.add_argument("--out", default=None, help="PNG grid path (default: outputs/euler_vs_fastflow.png, or "
-                                               "outputs/samples_<sampler>.png with --sampler)")
+                                               "outputs/samples_<sampler>.png with --sampler); a video model's "
+                                               "clips (sample.py): .gif, animated, the clips tiled, or .png, one "
+                                               "row of frames per clip")
     p.add_argument("--out-npz", default=None, help="write the samples to exactly this path: arr_0 the images "
-                                                   "(uint8, N x H x W x C), arr_1 the labels (the ADM evaluation "
-                                                   "layout), and the same as images / labels")
+                                                   "(uint8, N x H x W x C; clips N x F x H x W x C), arr_1 the "
+                                                   "labels (the ADM evaluation layout), and the same as images / "
+                                                   "labels")
     p.add_argument("--report-json", default=None, help="write the table and settings as JSON here")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")

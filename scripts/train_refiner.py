@@ -194,7 +194,7 @@ def main(args):
     device = torch.device("cpu")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    base, base_config, _ = load_model(args.base, device=device)
+    base, base_config, _ = load_model(args.base, device=device, kind="image")
     base.requires_grad_(False).eval()
     fingerprint = base_fingerprint(base)
 
