@@ -14,11 +14,12 @@ namespaces: ``fastflow.plan`` (optimal plans), ``fastflow.policy`` (live policie
 ``fastflow.controller`` (the skip engine), ``fastflow.persist`` (calibration records and states),
 ``fastflow.checks``, ``fastflow.metrics``, ``fastflow.toy``, ``fastflow.distributed``,
 ``fastflow.adapters``, ``fastflow.caching`` (TeaCache, TaylorSeer, static schedules),
-``fastflow.editing`` (partial generation, inversion, FlowEdit).
+``fastflow.editing`` (partial generation, inversion, FlowEdit), ``fastflow.choice`` (the best
+sampler for a budget of K calls, chosen by replay; ``make_sampler("best", calls=K)``).
 """
 __version__ = "0.2.0"
 
-from . import (adapters, bandit, caching, checks, controller, distributed, editing, errors, extrapolate, grids,
+from . import (adapters, bandit, caching, checks, choice, controller, distributed, editing, errors, extrapolate, grids,
                metrics, persist, plan, policy, specs, toy)
 from .adapters import adapt
 from .caching import TaylorSeerSampler, TeaCacheSampler

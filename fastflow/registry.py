@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .choice import BudgetSampler
 from .caching import TaylorSeerSampler, TeaCacheSampler, static_skip_schedule
 from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler
 from .flowturbo import FlowTurboSampler
@@ -38,6 +39,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "static": static_sampler,
     "flowturbo": FlowTurboSampler,
     "unipc": UniPCSampler,  # order 2 with the corrector by default
+    "best": BudgetSampler,  # the best candidate at calls=K, chosen by replay (fastflow.choice)
 }
 
 

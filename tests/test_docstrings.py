@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fastflow as ff
+from fastflow.choice import BudgetSampler
 
 
 def _modules():
@@ -120,6 +121,7 @@ def _runs():
         ff.TaylorSeerSampler: [(ff.TaylorSeerSampler(6), 1)],
         ff.FlowTurboSampler: [(ff.FlowTurboSampler(heun=2, pseudo=1, refine=0), 1)],
         ff.UniPCSampler: [(ff.UniPCSampler(4), 1)],
+        BudgetSampler: [(BudgetSampler(8, calls=4, candidates=["ab2"]), 2)],
     }
 
 

@@ -1,0 +1,109 @@
+"""fastflow.choice.BudgetSampler: the K-call candidate with the least replayed deviation, exact call
+counts, the Euler-K floor, tolerance, state round trips and bad input."""
+import os
+
+import pytest
+import torch
+
+import fastflow as ff
+from fastflow.choice import BudgetSampler, deviation, describe, rebuild
+from problems import Counted, noise, sharp_mixture
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    flow, x0 = sharp_mixture(), noise(64, 2, 1)
+    s = BudgetSampler(24, calls=10)
+    before = s.expected_calls()
+    counted = Counted(flow)
+    first = s.sample(counted, x0)
+    return flow, x0, s, before, counted.calls, first
+
+
+def test_calibration_makes_the_calls_it_announces_then_k_per_run(calibrated):
+    flow, x0, s, before, made, first = calibrated
+    # AB2-48 reference, three plan bases of 24 calls, nine candidates of 10 calls
+    assert before == made == first.nfe == 2 * 24 + 3 * 24 + 9 * 10
+    assert s.expected_calls() == 10 and first.info["calibration_run"] and s.choice["calibration_calls"] == made
+    counted = Counted(flow)
+    later = s.sample(counted, noise(32, 2, 2))
+    assert counted.calls == later.nfe == 10 and not later.info["calibration_run"]
+
+
+def test_the_choice_is_the_least_deviation_and_never_worse_than_euler_k(calibrated):
+    flow, x0, s, _, _, first = calibrated
+    devs = {n: d for n, d in s.choice["deviations"]["10"].items() if d is not None}
+    assert set(devs) == set(s.candidates) and s.choice["deviation"] == min(devs.values()) <= devs["euler"]
+    assert s.choice["name"] == min(devs, key=devs.get)
+    ref = ff.AdamsBashforthSampler(48).sample(flow, x0).x  # the exact target's reference
+    assert deviation(first.x, ref) == pytest.approx(s.choice["deviation"], rel=1e-12)
+    # the replayed deviation is what the frozen choice gives on the calibration noise
+    assert torch.equal(s.freeze().sample(flow, x0).x, first.x)
+
+
+def test_target_euler_at_full_budget_is_euler_itself():
+    flow, x0 = sharp_mixture(), noise(16, 2, 3)
+    s = BudgetSampler(8, calls=8, target="euler", candidates=["ab2", "unipc"])
+    s.sample(flow, x0)
+    assert s.choice["name"] == "euler" and s.choice["deviation"] == 0.0
+
+
+def test_tolerance_takes_the_fewest_budget_that_meets_it():
+    flow, x0 = sharp_mixture(), noise(32, 2, 4)
+    s = BudgetSampler(20, tolerance=0.05, candidates=["ab2", "unipc"])
+    s.sample(flow, x0)
+    tried = s.choice["deviations"]
+    best = {int(k): min(d for d in v.values() if d is not None) for k, v in tried.items()}
+    K = s.choice["calls"]
+    assert best[K] <= 0.05 and all(b > 0.05 for k, b in best.items() if k < K) and max(best) == K
+    with pytest.warns(RuntimeWarning, match="no candidate reaches tolerance"):
+        BudgetSampler(8, tolerance=1e-12, candidates=["ab2"]).sample(flow, x0)
+
+
+def test_state_round_trip_and_refusals(calibrated, tmp_path):
+    flow, x0, s, _, _, _ = calibrated
+    path = tmp_path / "choice.json"
+    s.save_state(path)
+    again = BudgetSampler(24, calls=10)
+    again.load_state(path)
+    assert again.choice == s.choice and torch.equal(again.sample(flow, x0).x, s.freeze().sample(flow, x0).x)
+    with pytest.raises(ValueError, match="choice was made with target='exact', this sampler has target='euler'"):
+        BudgetSampler(24, calls=10, target="euler").load_state(path)
+    with pytest.raises(ValueError, match="choice was made with calls=10, this sampler has calls=12"):
+        BudgetSampler(24, calls=12).load_state(path)
+    for sampler in (ff.EulerSampler(5), ff.AdamsBashforthSampler(6), ff.UniPCSampler(7, order=3), s.freeze()):
+        rebuilt = rebuild(describe(sampler))
+        assert type(rebuilt) is type(sampler) and torch.equal(rebuilt.sample(flow, x0).x, sampler.sample(flow, x0).x)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(calls=1), "calls=1: no candidate can make fewer than 2 model calls"),
+    (dict(calls=30), r"calls must be an int in \[2, 24\]"),
+    (dict(calls=8, tolerance=0.1), "exactly one of calls=K or tolerance="),
+    (dict(), "exactly one of calls=K or tolerance="),
+    (dict(tolerance=0.0), "tolerance must be > 0"),
+    (dict(calls=8, target="heun"), "unknown target 'heun'"),
+    (dict(calls=8, candidates=["dpm"]), "unknown candidates"),
+])
+def test_bad_settings_are_refused_before_any_call(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BudgetSampler(24, **kwargs)
+
+
+def test_registry_builds_it():
+    s = ff.make_sampler("best", steps=20, calls=8)
+    assert isinstance(s, BudgetSampler) and s.calls == 8
+
+
+def test_the_order_2_collapse_on_the_shipped_dit_is_caught():
+    """At K = 10 the order-2 Euler plan's summed one-step error hides an unstable run; the replay sees it."""
+    from models.checkpoint import load_model
+    model, _, _ = load_model(os.path.join(REPO, "checkpoints", "dit_mnist.pt"))
+    x0 = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    s = BudgetSampler(50, calls=10, target="euler", candidates=["plan-euler", "plan-euler-o2"])
+    s.sample(model.forward_with_cfg, x0, y=torch.arange(4), cfg_scale=1.0)
+    devs = s.choice["deviations"]["10"]
+    assert devs["plan-euler-o2"] > devs["euler"] and s.choice["name"] != "plan-euler-o2"
+    assert s.choice["deviation"] < devs["euler"]
