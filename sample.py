@@ -206,14 +206,19 @@ def sample_and_time(args) -> dict:
             row["accuracy"] = accuracy(setup.classifier, run.images, labels)
         if is_video(config):
             row["motion_residual"] = motion(run.images, config)
-        if calibrates(sampler):
+        if isinstance(sampler, ff.choice.BudgetSampler):  # what the replays chose, and what it cost
+            row.update(choice=sampler.choice["name"], calls_target=sampler.choice["calls"],
+                       choice_deviation=sampler.choice["deviation"],
+                       calibration_calls=sampler.choice["calibration_calls"])
+        elif calibrates(sampler):
             row.update(policy=sampler.policy_name, calls_target=sampler.calls_target, mu=sampler.mu)
         if "refiner_calls" in run.results[0].info:  # FlowTurbo
             row["turbo"] = run.results[0].info["config"]
             row["refiner_calls"] = sum(r.info["refiner_calls"] for r in run.results) / len(run.results)
         rows.append(row)
     print_table(rows)
-    for line in timing_notes(comparison, timed, calibration, args, is_video(config)):
+    choices = {r["sampler"]: r for r in rows if "choice" in r}
+    for line in timing_notes(comparison, timed, calibration, args, is_video(config), choices):
         print(line)
 
     last = list(runs)[-1]
@@ -290,9 +295,11 @@ def time_samplers(snapshots: dict, velocity, x0: torch.Tensor, labels: torch.Ten
                    progress=progress)
 
 
-def timing_notes(comparison: Comparison, samples: int, calibration: dict, args, video: bool = False) -> list[str]:
-    """The lines printed under the table: how it was timed, any measurement problem, calibration,
-    and for clips (``video``) what the quality columns measure."""
+def timing_notes(comparison: Comparison, samples: int, calibration: dict, args, video: bool = False,
+                 choices: dict | None = None) -> list[str]:
+    """The lines printed under the table: how it was timed, any measurement problem, calibration
+    (``choices``: the budget choice's table rows, by sampler name), and for clips (``video``) what
+    the quality columns measure."""
     lines = [f"{comparison.method()}; {samples} samples per round, {torch.get_num_threads()} CPU thread(s)"]
     if comparison.reference is not None and len(comparison.timings) > 1:
         lines.append(f"ceiling: Euler's calls / the sampler's calls, the most it can gain at equal cost per call; "
@@ -303,6 +310,12 @@ def timing_notes(comparison: Comparison, samples: int, calibration: dict, args, 
                      "centroid), motion the RMS residual in px of the centroid track against constant velocity "
                      "with bounces (models/video_eval.py)")
     for name, seconds in calibration.items():
+        row = (choices or {}).get(name)
+        if row is not None:  # the budget choice: its reference run, plan calibrations and replays
+            lines.append(f"calibration of {name}: {seconds:.2f} s, {row['calibration_calls']} model calls on "
+                         f"{args.warmup_batch_size} samples of other noise (reference run, plan calibrations, one "
+                         f"replay per candidate); chose {row['choice']}: paid once per model and setting")
+            continue
         lines.append(f"calibration of {name}: {seconds:.2f} s (a full {args.steps}-step run on {args.warmup_batch_size} "
                      f"samples of other noise, and a learning policy's warm-up batches): paid once per model and "
                      f"setting, not in the times above; --bandit-state saves it")

@@ -34,6 +34,8 @@ def sampler_settings(name: str, args, refiner=None) -> dict:
                                 generator=torch.Generator().manual_seed(args.seed)) if paper else (args.policy or "plan")
         return dict(steps=args.steps, calls=args.calls, tolerance=args.tolerance, policy=policy,
                     extrapolation_order=args.order, base=args.base)
+    if name == "best":  # fastflow.choice.BudgetSampler; target: the exact flow
+        return dict(steps=args.steps, calls=args.calls, tolerance=None if args.calls else (args.tolerance or 0.02))
     own = {"teacache": dict(threshold=args.threshold), "taylorseer": dict(interval=args.interval),
            "static": dict(order=args.order)}
     return dict(steps=args.steps, **own.get(name, {}))
@@ -106,7 +108,8 @@ def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, d
     """Calibrate (unless a calibrated state was loaded), then let a learning policy learn on the
     rest of ``args.warmup`` batches, each on other noise than the measured run (the plan policy
     learns nothing after its calibration run: one batch)."""
-    batches = args.warmup if sampler.policy_name != "plan" else min(args.warmup, 0 if sampler.calibrated else 1)
+    learns = getattr(sampler, "policy_name", "plan") != "plan"  # a plan (and the budget choice) learns once
+    batches = args.warmup if learns else min(args.warmup, 0 if sampler.calibrated else 1)
     extras = {"y": labels.to(device), "cfg_scale": args.cfg}
     other_noise = lambda i: (make_noise(labels.shape[0], shape, seed=args.seed + 1_000_003 * (i + 1)).to(device),  # noqa: E731
                              extras)

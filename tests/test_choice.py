@@ -107,3 +107,19 @@ def test_the_order_2_collapse_on_the_shipped_dit_is_caught():
     devs = s.choice["deviations"]["10"]
     assert devs["plan-euler-o2"] > devs["euler"] and s.choice["name"] != "plan-euler-o2"
     assert s.choice["deviation"] < devs["euler"]
+
+
+def test_sample_py_runs_the_choice_at_k_calls(tmp_path):
+    import json
+    import subprocess
+    import sys
+    report = tmp_path / "r.json"
+    cmd = [sys.executable, "sample.py", "--sampler", "best", "--calls", "8", "--n", "4", "--batch-size", "4",
+           "--warmup-batch-size", "4", "--timing-rounds", "1", "--timing-samples", "2", "--threads", "1", "--quiet",
+           "--out", str(tmp_path / "g.png"), "--report-json", str(report)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(report.read_text())["rows"][0]
+    assert row["nfe"] == 8 and row["calls_target"] == 8 and row["choice"] in ff.choice.CANDIDATES
+    assert f"chose {row['choice']}" in proc.stdout
