@@ -90,7 +90,7 @@ def test_the_order_alias_and_the_paper_configuration():
 
 def build(name, steps=12):
     settings = {"flowturbo": dict(heun=3, pseudo=2), "static": dict(steps=steps, order=2),
-                "fastflow": dict(steps=steps, calls=8)}.get(name, dict(steps=steps))
+                "fastflow": dict(steps=steps, calls=8), "best": dict(steps=steps, calls=6)}.get(name, dict(steps=steps))
     return ff.make_sampler(name, **settings)
 
 
@@ -99,7 +99,9 @@ def test_every_registered_sampler_makes_the_calls_it_expects(name):
     s, flow = build(name), sharp_mixture()
     if callable(getattr(s, "calibrate", None)):
         counted = Counted(flow)
-        assert s.calibrate(counted, noise(32, 2)).nfe == s.steps == counted.calls
+        announced = s.expected_calls()  # FastFlow's calibration is one full run; the budget choice's its replays too
+        assert s.calibrate(counted, noise(32, 2)).nfe == announced == counted.calls
+        assert announced == (s.steps if name == "fastflow" else 2 * 12 + 3 * 12 + 9 * 6)
     counted = Counted(flow)
     nfe = s.sample(counted, noise(32, 2)).nfe
     assert nfe == counted.calls
