@@ -19,3 +19,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:  # not item.keywords: a parameter id may say "cuda"
             item.add_marker(skip)
+
+
+@pytest.fixture
+def count_runs(monkeypatch):
+    """Counts sampling runs: a refused run must not have started one."""
+    import sample
+    calls = []
+    real = sample.run_batched
+    monkeypatch.setattr(sample, "run_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls

@@ -87,16 +87,6 @@ def test_corrupt_checkpoint_and_unknown_sampler(tmp_path, capsys):
 # ---------------------------------------------------------------- checked before any work, nothing lost
 
 
-@pytest.fixture
-def count_runs(monkeypatch):
-    """Counts sampling runs: a refused run must not have started one."""
-    import sample
-    calls = []
-    real = sample.run_batched
-    monkeypatch.setattr(sample, "run_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
-    return calls
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--n", "0"], "argument --num-samples/--n: expected an integer >= 1, got '0'"),
     (["--batch-size", "-1"], "argument --batch-size: expected an integer >= 1, got '-1'"),

@@ -102,15 +102,6 @@ def test_flowturbo_without_refiner_blocks_samples_clips(video_ckpt, tmp_path):
     assert json.loads(report.read_text())["nfe"] == 5
 
 
-@pytest.fixture
-def count_runs(monkeypatch):
-    import sample
-    calls = []
-    real = sample.run_batched
-    monkeypatch.setattr(sample, "run_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
-    return calls
-
-
 def one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
