@@ -187,8 +187,9 @@ class BudgetSampler(Sampler):
 
     # -- calibration -------------------------------------------------------------------
 
-    def _build(self, name: str, K: int, ref: SampleResult, tables: dict) -> Optional[Sampler]:
-        """Candidate ``name`` with K calls, or None where it cannot make exactly K."""
+    def _build(self, name: str, K: int, grid: Optional[tuple], tables: dict) -> Optional[Sampler]:
+        """Candidate ``name`` with K calls, or None where it cannot make exactly K; ``grid`` is the
+        reference run's (times, Euler step-error table) for the optimised grids."""
         T = self.steps
         if name in PLAN_BASES:
             if not self._plan_allowed(name, K):
@@ -201,8 +202,8 @@ class BudgetSampler(Sampler):
                 return None
             return ExtrapolatedEulerSampler(T, skip, order, base=base)
         if name.endswith("-grid"):
-            times = ref.info["grid_times"]
-            idx = optimal_grid(ref.info["grid_errors"], K)
+            times, errors = grid
+            idx = optimal_grid(errors, K)
             grid = torch.as_tensor(times, dtype=torch.float64)[idx]
             if name == "euler-grid":
                 return EulerSampler(times=grid)
@@ -222,11 +223,11 @@ class BudgetSampler(Sampler):
         """
         T, calls = self.steps, 0
         ref_sampler = AdamsBashforthSampler(2 * T) if self.target == "exact" else EulerSampler(T)
-        ref = ref_sampler.sample(velocity, x_init, trace=True, **kwargs)
+        gridded = any(n.endswith("-grid") for n in self.candidates)
+        ref = ref_sampler.sample(velocity, x_init, trace=gridded, **kwargs)
         calls += ref.nfe
         times = ref_sampler.times.tolist()
-        ref.info["grid_times"], ref.info["grid_errors"] = times, euler_step_errors(times, ref.trace)
-        ref.trace = None
+        grid = (times, euler_step_errors(times, ref.trace)) if gridded else None
 
         budgets = [self.calls] if self.calls is not None else sorted({b for b in BUDGETS if 2 <= b < T} | {T})
         tables = {}
@@ -241,7 +242,7 @@ class BudgetSampler(Sampler):
         for K in budgets:
             devs, results, built = {}, {}, {}
             for name in self.candidates:
-                sampler = self._build(name, K, ref, tables)
+                sampler = self._build(name, K, grid, tables)
                 if sampler is None:
                     devs[name] = None
                     continue
