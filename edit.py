@@ -10,7 +10,7 @@ measured run.
 
     python edit.py --method invert --target-class source            # inversion, then regeneration
     python edit.py --method sdedit --t0 0.3 --target-class 8 --cfg 2
-    python edit.py --method flowedit --t0 0.3 --n-avg 2 --sampler fastflow --calls 16
+    python edit.py --method flowedit --t0 0.1 --sampler fastflow --calls 16 --state flowedit_state.json
 
 Time convention: t = 0 is noise, t = 1 is data; images are in [-1, 1].
 """
@@ -27,9 +27,9 @@ from fastflow.atomic import atomic_write
 from models.cli import (OneLineParser, check_writable, finite_float, positive_int, resolve_device, run_cli,
                         seed_int)
 from models.classifier import check_judge, default_judge_files, load_classifier, model_dataset
-from models.editing import METHODS, Editor, check_args, load_sources, to_uint8
+from models.editing import METHODS, Editor, check_args, load_sources, state_settings, to_uint8
 from models.evaluation import DEFAULT_CKPT, fidelity
-from models.sampling import grid_image, write_json, write_png
+from models.sampling import grid_image, model_tag, write_json, write_png
 
 
 def build_parser() -> OneLineParser:
@@ -47,6 +47,11 @@ def build_parser() -> OneLineParser:
     p.add_argument("--t0", type=finite_float, default=0.3,
                    help="where sdedit and flowedit start, in (0, 1): lower edits more")
     p.add_argument("--n-avg", type=positive_int, default=1, help="FlowEdit's noise draws per step")
+    p.add_argument("--noise", choices=["shared", "fresh"], default="shared",
+                   help="FlowEdit's noise: one draw for the whole run (smooth, so FastFlow can skip) or the paper's "
+                        "fresh draw per step")
+    p.add_argument("--state", default=None, help="FastFlow's calibration of this edit: loaded if the file exists "
+                                                 "(refused if saved for another edit), else calibrated and saved")
     p.add_argument("--cfg", type=finite_float, default=2.0, help="guidance scale of the target condition")
     p.add_argument("--calibration-samples", type=positive_int, default=16, help="other sources FastFlow calibrates on")
     p.add_argument("--seed", type=seed_int, default=0, help="noise seed")
@@ -66,7 +71,7 @@ def main(args) -> dict:
 
 def run(args) -> dict:
     device = resolve_device(args.device)
-    for flag in ("out", "out_npz", "report_json"):
+    for flag in ("out", "out_npz", "report_json", "state"):
         if getattr(args, flag):
             check_writable(getattr(args, flag), "--" + flag.replace("_", "-"))
     from models.checkpoint import load_model
@@ -79,20 +84,28 @@ def run(args) -> dict:
     velocity = model.eval().forward_with_cfg
 
     editor = Editor(args, velocity, shape, device)
-    calibration_seconds = None
-    if args.sampler == "fastflow":  # the first run of this edit configuration: every step real
-        start = time.perf_counter()
-        editor(cal, cal_labels, target(cal_labels))
-        calibration_seconds = time.perf_counter() - start
+    calibration_seconds, state_loaded = None, False
+    if args.sampler == "fastflow":
+        from fastflow import editing
+        settings = state_settings(args, model_tag(args.ckpt))
+        if args.state and os.path.exists(args.state):
+            editing.load_state(args.state, editor.samplers, **settings)
+            state_loaded = True
+        else:  # the first run of this edit configuration: every step real
+            start = time.perf_counter()
+            editor(cal, cal_labels, target(cal_labels))
+            calibration_seconds = time.perf_counter() - start
+            if args.state:
+                editing.save_state(args.state, editor.samplers, **settings)
     start = time.perf_counter()
     edits, calls = editor(sources, src_labels, target(src_labels))
     seconds = time.perf_counter() - start
     report = {"method": args.method, "sampler": args.sampler, "steps": args.steps, "t0": args.t0,
               "cfg": args.cfg, "n": len(sources), "target_class": args.target_class, "model_calls": calls,
-              "seconds": seconds, "calibration_seconds": calibration_seconds,
+              "seconds": seconds, "calibration_seconds": calibration_seconds, "state_loaded": state_loaded,
               "preservation_psnr": fidelity(edits, sources)[0]}
     if args.method == "flowedit":
-        report["n_avg"] = args.n_avg
+        report.update(n_avg=args.n_avg, noise=args.noise)
     judge_files = default_judge_files(model_dataset(meta))  # the shipped judge of the model's dataset
     if judge_files is not None and os.path.exists(judge_files[0]):
         from fastflow.metrics import classifier_accuracy

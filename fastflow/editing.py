@@ -17,25 +17,33 @@ condition (class label, prompt embedding, guidance scale) goes in as the velocit
 
   from x = x_src at t = t_start to t = 1, averaging the difference over ``n_avg`` noise draws per
   step (two model calls per draw). Where the two conditions agree the difference is 0 and x
-  stays the source.
+  stays the source. ``noise="fresh"`` (the paper's) draws new z_t at every step, so the field
+  jumps from step to step and no extrapolation from earlier steps predicts it; ``"shared"``
+  keeps one z for the whole run, x^src_t is then a straight line and the field is smooth in t,
+  which is what lets FastFlow skip steps of FlowEdit.
 
 Every edit runs on any sampler of the library, FastFlow included: FastFlow calibrates on the
 edit's own path (its first run of that edit configuration) and plans its K calls there; in
 FlowEdit the difference field is one velocity to it, so both branches are real or skipped
 together. The sampler's grid says where the path runs: from t0 to 1 for ``sdedit``
 (``grids.interval``), from 1 to 0 for ``invert``, from t_start to 1 for ``flowedit``.
+``save_state`` and ``load_state`` keep those calibrations with the settings of their edit, and
+refuse to load them into another.
 """
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from .result import SampleResult
 from .solvers import Sampler
 
-__all__ = ["sdedit", "invert", "flowedit", "FlowEditField", "noised"]
+__all__ = ["sdedit", "invert", "flowedit", "FlowEditField", "noised", "save_state", "load_state"]
+
+NOISES = ("fresh", "shared")
 
 
 def _grid_ends(sampler: Sampler) -> tuple[float, float]:
@@ -103,31 +111,40 @@ def invert(sampler: Sampler, velocity: Callable, x: torch.Tensor, **source_extra
 class FlowEditField:
     """The FlowEdit difference field as a velocity ``field(x=x, t=t)`` (module docstring).
 
-    At each call it draws ``n_avg`` noises z for that time, forms x^src_t = (1 - t) z + t x_src and
+    At each call it takes ``n_avg`` noises z for that time, forms x^src_t = (1 - t) z + t x_src and
     returns the mean over the draws of v(x + x^src_t - x_src, t | target) - v(x^src_t, t | source):
-    2 ``n_avg`` model calls, counted in ``model_calls``. The noise of a time is drawn from a
-    generator seeded with (``seed``, t), so a run that skips some steps draws, at each step it
-    evaluates, the same noise as a full run: a plan is measured against the same path it replays.
-    Finding the time needs t on the host: one read per call when t lives on a device.
+    2 ``n_avg`` model calls, counted in ``model_calls``. With ``noise="fresh"`` draw i of time t
+    comes from a generator seeded with (``seed``, t, i), so a run that skips some steps draws, at
+    each step it evaluates, the same noise as a full run: a plan is measured against the same path
+    it replays. With ``noise="shared"`` draw i is seeded with (``seed``, i) alone and is the same
+    at every t. Finding the time needs t on the host: one read per call when t lives on a device.
 
     Raises:
-        ValueError: for an ``n_avg`` that is not an int >= 1, or a ``seed`` that is not an int.
+        ValueError: for an ``n_avg`` that is not an int >= 1, a ``seed`` that is not an int, or a
+            ``noise`` other than "fresh" and "shared".
     """
 
     def __init__(self, velocity: Callable, source: torch.Tensor, source_extras: dict, target_extras: dict,
-                 n_avg: int = 1, seed: int = 0):
+                 n_avg: int = 1, seed: int = 0, noise: str = "fresh"):
         if isinstance(n_avg, bool) or not isinstance(n_avg, int) or n_avg < 1:
             raise ValueError(f"n_avg must be an int >= 1, got {n_avg!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        if noise not in NOISES:
+            raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
         self.velocity, self.source = velocity, source
         self.source_extras, self.target_extras = dict(source_extras), dict(target_extras)
-        self.n_avg, self.seed = n_avg, seed
+        self.n_avg, self.seed, self.shared = n_avg, seed, noise == "shared"
         self.model_calls = 0
 
     def noise(self, t: float, i: int) -> torch.Tensor:
-        """Draw i of time t: standard normal, shaped like the source, the same on every run."""
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + round(t * 2 ** 30)) * 64 + i)
+        """Draw i of time t: standard normal, shaped like the source, the same on every run (and
+        at every t when the noise is shared)."""
+        step = 0 if self.shared else round(t * 2 ** 30)  # shared: the fresh draw of t = 0
+        # torch's CPU generator keeps 32 bits of its seed: hash the key to 32 bits, so no two times
+        # share a draw by truncation (an affine key did: times 1/16 apart drew the same noise)
+        key = hashlib.blake2b(f"flowedit:{self.seed}:{step}:{i}".encode(), digest_size=4).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(key, "little"))
         z = torch.randn(self.source.shape, generator=g, dtype=torch.float32)
         return z.to(dtype=self.source.dtype, device=self.source.device)
 
@@ -146,7 +163,8 @@ class FlowEditField:
 
 
 def flowedit(sampler: Sampler, velocity: Callable, source: torch.Tensor, source_extras: dict, target_extras: dict,
-             t_start: float, n_avg: int = 1, seed: int = 0, field: Optional[FlowEditField] = None) -> SampleResult:
+             t_start: float, n_avg: int = 1, seed: int = 0, noise: str = "fresh",
+             field: Optional[FlowEditField] = None) -> SampleResult:
     """FlowEdit from ``t_start`` to 1 (module docstring) on ``sampler``'s grid, which must run
     from t_start to 1; the result's ``nfe`` counts calls of the difference field, each 2 ``n_avg``
     model calls (``info["model_calls"]`` has the total).
@@ -158,17 +176,86 @@ def flowedit(sampler: Sampler, velocity: Callable, source: torch.Tensor, source_
         source_extras, target_extras: the two conditions.
         t_start: where the edit starts, in [0, 1): lower edits more, higher keeps more.
         n_avg: noise draws averaged per step, an int >= 1.
-        seed: the seed of the per-time noise (``FlowEditField``).
+        seed: the seed of the noise draws (``FlowEditField``).
+        noise: "fresh" draws per step (the paper's), "shared" one draw for the whole run
+            (smooth in t, so FastFlow can skip; module docstring).
         field: a ``FlowEditField`` to use instead of a new one (it keeps its call count).
 
     Raises:
         ValueError: for a t_start outside [0, 1), a grid that does not run from t_start to 1, an
-            n_avg < 1, and what ``sampler.sample`` raises.
+            n_avg < 1, another noise, and what ``sampler.sample`` raises.
     """
     t_start = _check_t("t_start", t_start)
-    field = field or FlowEditField(velocity, source, source_extras, target_extras, n_avg, seed)
+    field = field or FlowEditField(velocity, source, source_extras, target_extras, n_avg, seed, noise)
     _check_grid(sampler, t_start, 1.0, f"flowedit from t_start = {t_start:g}")
     before = field.model_calls
     result = sampler.sample(field, source)
     result.info["model_calls"] = field.model_calls - before
     return result
+
+
+EDIT_STATE = "fastflow-edit-state"
+
+
+def _settings(settings: dict) -> dict:
+    for k, v in settings.items():
+        if not (v is None or isinstance(v, (str, int, float, bool))):
+            raise ValueError(f"edit setting {k} must be a string, number, bool or None, got {type(v).__name__}")
+    return dict(sorted(settings.items()))
+
+
+def save_state(path, samplers: Sequence, **settings) -> None:
+    """Write the calibrations of an edit's passes (one FastFlow sampler per pass: two for
+    inversion then regeneration, one otherwise) with the edit's settings, e.g. ``method``,
+    ``t0``, ``cfg``, ``target``, ``n_avg``, ``noise`` and a model tag: an error table belongs to
+    one path, and the path is set by all of them. ``load_state`` refuses any other settings.
+
+    Raises:
+        ValueError: for a setting that is not a plain value, or a sampler without a state.
+        OSError: naming ``path`` when it cannot be written.
+    """
+    from .persist import save_json
+    passes = []
+    for s in samplers:
+        if not hasattr(s, "state_dict"):
+            raise ValueError(f"{type(s).__name__} keeps no state to save: only calibrating samplers do")
+        passes.append(s.state_dict())
+    save_json(path, {"format": EDIT_STATE, "version": 1, "settings": _settings(settings), "passes": passes})
+
+
+def load_state(path, samplers: Sequence, **settings) -> None:
+    """Restore the calibrations ``save_state`` wrote into ``samplers`` (in pass order), refusing a
+    file saved for other settings (another method, t0, guidance, target, ...), another number of
+    passes, or states another sampler's grid or settings refuse; nothing changes unless all of it
+    loads.
+
+    Raises:
+        ValueError: naming the file and the first differing setting, or what the samplers'
+            ``load_state_dict`` refuse.
+        OSError: when the file cannot be read (e.g. FileNotFoundError).
+    """
+    import copy
+
+    from .persist import read_json
+    state = read_json(path, "edit state")
+    if not isinstance(state, dict) or state.get("format") != EDIT_STATE or state.get("version") != 1:
+        raise ValueError(f"{path}: not an edit state file (format {EDIT_STATE!r}, version 1)")
+    saved, mine = state.get("settings"), _settings(settings)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: malformed edit state (no settings)")
+    for k in sorted(set(saved) | set(mine)):
+        if saved.get(k, "(unset)") != mine.get(k, "(unset)"):
+            raise ValueError(f"{path}: edit state saved for {k} = {saved.get(k, '(unset)')!r}, this edit has "
+                             f"{k} = {mine.get(k, '(unset)')!r} (a state belongs to one edit path)")
+    passes = state.get("passes")
+    if not isinstance(passes, list) or len(passes) != len(samplers):
+        n = len(passes) if isinstance(passes, list) else "no"
+        raise ValueError(f"{path}: edit state has {n} passes, this edit has {len(samplers)}")
+    trial = [copy.deepcopy(s) for s in samplers]
+    for i, (s, p) in enumerate(zip(trial, passes)):
+        try:
+            s.load_state_dict(p)
+        except (KeyError, TypeError, OverflowError, ValueError) as e:
+            raise ValueError(f"{path}: pass {i + 1}: {e}") from None
+    for s, p in zip(samplers, passes):
+        s.load_state_dict(p)

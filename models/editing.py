@@ -29,6 +29,16 @@ def check_args(args, num_classes: int) -> None:
                              f"got {args.target_class!r}")
     if args.calls is not None and args.sampler != "fastflow":
         raise ValueError("--calls sets FastFlow's budget: give --sampler fastflow with it")
+    if getattr(args, "state", None) and args.sampler != "fastflow":
+        raise ValueError("--state keeps FastFlow's calibration: give --sampler fastflow with it")
+
+
+def state_settings(args, model_tag: str) -> dict:
+    """What an edit's FastFlow state belongs to (fastflow.editing.save_state): the path's settings."""
+    flow = args.method == "flowedit"
+    return {"method": args.method, "steps": args.steps, "t0": None if args.method == "invert" else args.t0,
+            "cfg": args.cfg, "target": args.target_class, "n_avg": args.n_avg if flow else None,
+            "noise": args.noise if flow else None, "model": model_tag}
 
 
 def load_sources(args, config, device):
@@ -93,7 +103,7 @@ class Editor:
             noise = make_noise(sources.shape[0], self.shape, a.seed).to(d)
             out = editing.sdedit(self.samplers[0], v, sources, a.t0, noise, **tgt)
             return out.x, out.nfe
-        out = editing.flowedit(self.samplers[0], v, sources, src, tgt, a.t0, n_avg=a.n_avg, seed=a.seed)
+        out = editing.flowedit(self.samplers[0], v, sources, src, tgt, a.t0, n_avg=a.n_avg, seed=a.seed, noise=a.noise)
         return out.x, out.info["model_calls"]
 
 

@@ -117,14 +117,19 @@ def warm_up_bandit(sampler: ff.FastFlowSampler, velocity, shape, labels, args, d
                           lambda r: tqdm(r, desc="calibration and warm-up", leave=False, disable=args.quiet))
 
 
+def model_tag(ckpt: str) -> str:
+    """The model file a saved state belongs to: its name and the sha256 of its bytes, so a
+    retrained model of the same size is another model."""
+    from models.checkpoint import file_sha256
+    digest = file_sha256(ckpt) if os.path.isfile(ckpt) else "?"
+    return f"{os.path.basename(ckpt)} (sha256 {digest})"
+
+
 def state_tag(args) -> str:
     """What a saved FastFlow state is tied to beyond the sampler's own settings: the model file
-    (name and the sha256 of its bytes, so a retrained model of the same size is another model),
-    the guidance scale and the labels."""
-    from models.checkpoint import file_sha256
-    digest = file_sha256(args.ckpt) if os.path.isfile(args.ckpt) else "?"
+    (``model_tag``), the guidance scale and the labels."""
     labels = f"class {args.cls}" if args.cls is not None else "all classes"
-    return f"{os.path.basename(args.ckpt)} (sha256 {digest}), cfg {args.cfg:g}, {labels}"
+    return f"{model_tag(args.ckpt)}, cfg {args.cfg:g}, {labels}"
 
 
 def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:

@@ -78,3 +78,29 @@ def test_a_run_leaves_the_callers_autograd_on(mnist_root, tmp_path):
     import torch
     run(mnist_root, tmp_path, "--method", "sdedit")
     assert torch.is_grad_enabled()
+
+
+def test_a_saved_edit_state_skips_the_calibration_and_is_refused_for_another_edit(mnist_root, tmp_path, capsys):
+    state = tmp_path / "s.json"
+    flags = ["--method", "flowedit", "--t0", "0.2", "--sampler", "fastflow", "--steps", "10", "--calls", "6",
+             "--calibration-samples", "2", "--state", str(state)]
+    first, a = run(mnist_root, tmp_path, *flags)
+    assert not first["state_loaded"] and first["calibration_seconds"] > 0 and state.exists()
+    second, b = run(mnist_root, tmp_path, *flags)
+    assert second["state_loaded"] and second["calibration_seconds"] is None and second["model_calls"] == 12
+    assert np.array_equal(a["arr_0"], b["arr_0"])  # the loaded plan replays the same edit
+    base = ["--data-root", str(mnist_root), "--quiet", "--device", "cpu", "--out", str(tmp_path / "x.png")]
+    for change, message in ((["--method", "sdedit"], "saved for method = 'flowedit', this edit has method = 'sdedit'"),
+                            (["--t0", "0.3"], "saved for t0 = 0.2, this edit has t0 = 0.3"),
+                            (["--noise", "fresh"], "saved for noise = 'shared'")):
+        argv = base + flags + change
+        assert edit.cli(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and str(state) in err[0]
+
+
+def test_state_without_fastflow_is_refused(mnist_root, tmp_path, capsys):
+    argv = ["--data-root", str(mnist_root), "--quiet", "--device", "cpu", "--out", str(tmp_path / "e.png"),
+            "--state", str(tmp_path / "s.json")]
+    assert edit.cli(argv) == 1
+    assert "--state keeps FastFlow's calibration" in capsys.readouterr().err

@@ -115,3 +115,110 @@ def test_fastflow_calibrates_on_the_edit_path_and_makes_exactly_k_calls(method):
 def test_bad_edit_settings_fail_before_any_model_call(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+class Mixtures:
+    """Two conditions whose flows are curved Gaussian mixtures, so FlowEdit's difference field
+    depends on the noise it is evaluated with."""
+
+    def __init__(self):
+        self.flows = [sharp_mixture(), ff.toy.GaussianMixtureFlow([[-1.0, -1.5], [1.5, 1.5]], [0.3, 0.25])]
+
+    def __call__(self, x, t, y=0):
+        return self.flows[y](x=x, t=t)
+
+
+def test_shared_noise_is_one_draw_for_the_whole_run_and_fresh_noise_a_draw_per_time():
+    src = noise(8, 2)
+    shared = editing.FlowEditField(Mixtures(), src, {"y": 0}, {"y": 1}, n_avg=2, noise="shared")
+    fresh = editing.FlowEditField(Mixtures(), src, {"y": 0}, {"y": 1}, n_avg=2, noise="fresh")
+    assert torch.equal(shared.noise(0.2, 1), shared.noise(0.7, 1))
+    assert not torch.equal(shared.noise(0.2, 0), shared.noise(0.2, 1))
+    assert not torch.equal(fresh.noise(0.2, 0), fresh.noise(0.7, 0))
+    assert torch.equal(shared.noise(0.5, 1), fresh.noise(0.0, 1))  # the shared draw is fresh's draw of t = 0
+    with pytest.raises(ValueError, match="noise must be one of fresh, shared"):
+        editing.FlowEditField(Mixtures(), src, {}, {}, noise="per-step")
+
+
+def test_fastflow_follows_a_shared_noise_flowedit_and_cannot_follow_a_fresh_one():
+    """With a fresh draw per step the difference field jumps from step to step: no extrapolation
+    predicts it. With one draw it is smooth in t, and the plan stays on the full-step edit."""
+    model, T, K, t_start = Mixtures(), 30, 12, 0.2
+    src = ff.EulerSampler(400).sample(model.flows[0], noise(64, 2)).x
+    g = grids.interval(T, t_start)
+    deviation = {}
+    for kind in ("shared", "fresh"):
+        full = editing.flowedit(ff.EulerSampler(times=g), model, src, {"y": 0}, {"y": 1}, t_start, noise=kind).x
+        s = ff.FastFlowSampler(times=g, calls=K)
+        editing.flowedit(s, model, src, {"y": 0}, {"y": 1}, t_start, noise=kind, seed=5)  # calibration, other noise
+        fast = editing.flowedit(s, model, src, {"y": 0}, {"y": 1}, t_start, noise=kind)
+        assert fast.nfe == K
+        deviation[kind] = float((fast.x - full).norm() / full.norm())
+        assert float((full - src).norm() / src.norm()) > 0.5  # the edit moves the points far
+    assert deviation["shared"] < 0.05 and deviation["fresh"] > 0.3
+    assert deviation["shared"] < deviation["fresh"] / 10
+
+
+def _edit_setup(T=20, t0=0.3):
+    model, src = TwoClasses(), ff.toy.GaussianFlow(TwoClasses.MEANS[0], 0.4).solution(noise(16, 2))
+    s = ff.FastFlowSampler(times=grids.interval(T, t0), calls=8)
+    editing.sdedit(s, model, src, t0, noise(16, 2, seed=1), y=1)
+    return model, src, s
+
+
+def test_an_edit_state_round_trips_and_replays_the_same_edit(tmp_path):
+    model, src, s = _edit_setup()
+    z = noise(16, 2, seed=2)
+    want = editing.sdedit(s, model, src, 0.3, z, y=1)
+    path = tmp_path / "edit.json"
+    editing.save_state(path, [s], method="sdedit", t0=0.3, cfg=2.0, target="1")
+    fresh = ff.FastFlowSampler(times=grids.interval(20, 0.3), calls=8)
+    editing.load_state(path, [fresh], method="sdedit", t0=0.3, cfg=2.0, target="1")
+    model.calls = 0
+    got = editing.sdedit(fresh, model, src, 0.3, z, y=1)
+    assert model.calls == 8 and not got.info.get("calibration_run")  # no calibration run: the state was loaded
+    assert torch.equal(got.x, want.x)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(method="flowedit"), "saved for method = 'sdedit', this edit has method = 'flowedit'"),
+    (dict(t0=0.4), "saved for t0 = 0.3, this edit has t0 = 0.4"),
+    (dict(cfg=1.0), "saved for cfg = 2.0"),
+    (dict(noise="shared"), r"saved for noise = '\(unset\)'"),
+])
+def test_an_edit_state_is_refused_for_another_edit_and_changes_nothing(tmp_path, change, message):
+    _, _, s = _edit_setup()
+    path = tmp_path / "edit.json"
+    settings = dict(method="sdedit", t0=0.3, cfg=2.0)
+    editing.save_state(path, [s], **settings)
+    target = ff.FastFlowSampler(times=grids.interval(20, 0.3), calls=8)
+    with pytest.raises(ValueError, match=message):
+        editing.load_state(path, [target], **{**settings, **change})
+    assert target.state_dict()["calibrated"] is False
+
+
+def test_an_edit_state_is_refused_for_another_grid_or_number_of_passes_and_loads_all_or_nothing(tmp_path):
+    _, _, s = _edit_setup()
+    path = tmp_path / "edit.json"
+    editing.save_state(path, [s, s], method="invert")
+    one = ff.FastFlowSampler(times=grids.interval(20, 0.3), calls=8)
+    with pytest.raises(ValueError, match="edit state has 2 passes, this edit has 1"):
+        editing.load_state(path, [one], method="invert")
+    good, other_grid = ff.FastFlowSampler(times=grids.interval(20, 0.3), calls=8), \
+        ff.FastFlowSampler(times=grids.interval(20, 0.4), calls=8)
+    with pytest.raises(ValueError, match="pass 2: "):
+        editing.load_state(path, [good, other_grid], method="invert")
+    assert good.state_dict()["calibrated"] is False  # the first pass was not loaded either
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not an edit state file"):
+        editing.load_state(path, [good], method="invert")
+    with pytest.raises(ValueError, match="keeps no state"):
+        editing.save_state(path, [ff.EulerSampler(10)], method="invert")
+
+
+def test_fresh_noise_never_repeats_a_draw_across_the_times_of_a_grid():
+    """torch's CPU generator keeps 32 bits of its seed; a key that is affine in t collides there
+    (times a multiple of 1/16 apart drew the same noise once)."""
+    field = editing.FlowEditField(Mixtures(), noise(4, 2), {}, {}, n_avg=2, noise="fresh")
+    draws = {tuple(field.noise(float(t), i).flatten().tolist()) for t in grids.interval(50, 0.0) for i in range(2)}
+    assert len(draws) == 51 * 2

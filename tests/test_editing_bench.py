@@ -23,7 +23,7 @@ def test_the_editing_benchmark_measures_every_method_at_every_budget(mnist_root,
         "--quiet", "--out-json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")]))
     with open(tmp_path / "e.json") as f:
         assert json.load(f)["methods"].keys() == out["methods"].keys() == set(editing.SETTINGS)
-    per_pass = {"reconstruct": 2, "invert": 2, "sdedit": 1, "flowedit": 2}  # passes, or model calls per step
+    per_pass = {"reconstruct": 2, "invert": 2, "sdedit": 1, "flowedit": 2, "flowedit-fresh": 2}  # passes, or calls per step
     for name, m in out["methods"].items():
         calls = {r["sampler"]: r["calls"] for r in m["rows"]}
         assert calls == {"Euler-12": 12 * per_pass[name], "FastFlow K=6": 6 * per_pass[name],
@@ -31,5 +31,9 @@ def test_the_editing_benchmark_measures_every_method_at_every_budget(mnist_root,
         assert all(0 <= r["edit_success"] <= 1 for r in m["rows"])
         assert not m["timing"]["repeated"] and any("unrepeated" in n for n in m["timing_notes"])
     assert [r["t0"] for r in out["sweeps"]["sdedit"]] == [0.3, 0.5] and len(out["sweeps"]["flowedit"]) == 1
+    assert len(out["sweeps"]["flowedit-fresh"]) == 1
+    # the methods that draw noise are run again on another seed: how far the edit moves with its noise
+    assert set(out["reseeded"]) == {"sdedit", "flowedit", "flowedit-fresh"}
+    assert all(0 < r["psnr_vs_full_steps"] < 200 for r in out["reseeded"].values())
     assert len(out["paths"]["invert"]) == 2 and len(out["paths"]["generation"][0]["error"]) == 10
     assert (tmp_path / "e.png").stat().st_size > 0
