@@ -36,6 +36,8 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
 from fastflow.metrics import classifier_accuracy  # noqa: E402
+from fastflow.plan import min_calls  # noqa: E402
+from fastflow.specs import DEFAULT_MAX_RUN  # noqa: E402
 from models.checkpoint import load_model  # noqa: E402
 from models.classifier import check_judge, load_classifier  # noqa: E402
 from models.cli import OneLineParser, positive_int, run_cli  # noqa: E402
@@ -60,6 +62,15 @@ def edit_args(args, sampler="euler", calls=None, **settings) -> argparse.Namespa
                 steps=args.steps, sampler=sampler, calls=calls, n=args.n, split="test", image=None,
                 data_root=args.data_root, calibration_samples=args.calibration_samples)
     return argparse.Namespace(**{**base, **settings})
+
+
+def plan_steps(K: int, steps: int) -> int:
+    """The grid FastFlow plans K calls on: the full T steps, or, for a K below the fewest calls a
+    plan can make there (9 at T = 50), the finest grid that admits it (44 steps for K = 8)."""
+    T = steps
+    while T > 4 and min_calls(T, 1, DEFAULT_MAX_RUN) > K:
+        T -= 1
+    return T
 
 
 def score(judge, edits, sources, target, full=None) -> dict:
@@ -109,12 +120,15 @@ def measure(args) -> dict:
         small = slice(0, args.timing_samples)
         timed[f"Euler-{args.steps}"] = lambda e=full_editor: e(sources[small], src_labels[small], target[small])[1]
         for K in tqdm(args.budgets, desc=name, disable=args.quiet):
-            ff_editor = Editor(edit_args(args, sampler="fastflow", calls=K, **settings), velocity, shape, device)
+            grid_steps = plan_steps(K, args.steps)
+            ff_editor = Editor(edit_args(args, sampler="fastflow", calls=K, **{**settings, "steps": grid_steps}),
+                               velocity, shape, device)
             ff_editor(cal, cal_labels, cal_target)  # calibration: the edit's own path, other sources
             if K == args.budgets[-1]:
                 out["paths"][name] = [one_step_errors(s) for s in ff_editor.samplers]
             edits, calls = ff_editor(sources, src_labels, target)
-            rows.append({"sampler": f"FastFlow K={K}", "calls": calls, **score(judge, edits, sources, target, full)})
+            rows.append({"sampler": f"FastFlow K={K}", "calls": calls, "grid_steps": grid_steps,
+                         **score(judge, edits, sources, target, full)})
             euler = Editor(edit_args(args, steps=K, **settings), velocity, shape, device)
             edits_k, calls_k = euler(sources, src_labels, target)
             rows.append({"sampler": f"Euler-{K}", "calls": calls_k, **score(judge, edits_k, sources, target, full)})

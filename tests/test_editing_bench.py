@@ -37,3 +37,13 @@ def test_the_editing_benchmark_measures_every_method_at_every_budget(mnist_root,
     assert all(0 < r["psnr_vs_full_steps"] < 200 for r in out["reseeded"].values())
     assert len(out["paths"]["invert"]) == 2 and len(out["paths"]["generation"][0]["error"]) == 10
     assert (tmp_path / "e.png").stat().st_size > 0
+
+
+def test_fastflow_plans_a_budget_below_its_fewest_calls_on_the_finest_grid_that_admits_it():
+    from fastflow.plan import min_calls
+    from fastflow.specs import DEFAULT_MAX_RUN
+    assert editing.plan_steps(9, 50) == editing.plan_steps(16, 50) == 50
+    assert editing.plan_steps(8, 50) == 44
+    for K in (5, 6, 7, 8):
+        T = editing.plan_steps(K, 50)
+        assert min_calls(T, 1, DEFAULT_MAX_RUN) <= K < min_calls(T + 1, 1, DEFAULT_MAX_RUN)
