@@ -1,6 +1,8 @@
 """FastFlow on the paper's third task, editing, on the shipped DiT: partial generation (SDEdit),
 inversion then regeneration, and FlowEdit (fastflow.editing), each at K calls per pass against
-Euler-K and against the full-step edit (Euler-T), on the same sources and noise.
+Euler-K and against the full-step edit (Euler-T), on the same sources and noise. Below the
+fewest calls a plan can make on T steps (9 at T = 50), FastFlow plans on the finest grid that
+admits K (``plan_steps``: 44 steps for K = 8) and is still compared with the T-step edit.
 
 Sources: the first --n MNIST test digits that are not --target-class; every edit turns them into
 that class (a fixed class, 8 by default), and "reconstruct" regenerates each source under its own
