@@ -16,7 +16,7 @@ on the calibration batch. Later batches run the chosen sampler alone: K calls, n
 Two targets, named by what x_ref is:
 
 * ``"exact"`` (default): the exact flow, estimated by AB2 with 2T steps (on the shipped MNIST DiT
-  at T = 50 that run is 12 dB closer to Heun-200 than Euler-50 is; ``benchmarks/solvers.py``).
+  at T = 50, 64 samples, AB2-100 is 63.7 dB from Heun-200 with an Euler last step, Euler-50 42.3 dB).
 * ``"euler"``: Euler with T steps, the reference sampler to reproduce (FastFlow's own target).
 """
 from __future__ import annotations
