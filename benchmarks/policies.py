@@ -1,4 +1,4 @@
-"""Skip policies against plain solvers at equal calls, on three models, same noise.
+"""Skip policies against plain solvers at equal calls, on four models, same noise.
 
 For each model and each budget K of model calls: Euler-K, AB2-K, FastFlow-50 with the static
 optimal plan (``policy="plan"``), the paper's per-step bandit meeting K through its Lagrange
@@ -15,12 +15,15 @@ stopped changing. Models:
 * ``toy``: the Gaussian mixture of ``benchmarks/toy_bandit.py`` (float64; exact: Heun-1000);
 * ``dit``: the shipped MNIST DiT, the benchmark's 300 digits (exact: Heun with an Euler last
   step at 400 steps, checked against 200 steps);
+* ``dit-fashion``: the shipped Fashion-MNIST DiT at guidance 2, the same 300 samples' noise
+  (exact as for ``dit``), judged by the Fashion-MNIST classifier;
 * ``peer``: the 2-D checkerboard model trained with the ``flow_matching`` library
   (``benchmarks/peer_model.py``; exact: Heun-1000).
 
 Writes results/policies.json and results/policies.png.
 
-    python benchmarks/policies.py                     # all three models (about 15 minutes on 2 CPU cores)
+    python benchmarks/policies.py                     # all four models (toy, dit, peer: about 15 minutes on
+                                                      # 2 CPU cores; dit-fashion --quick alone: 8 minutes)
     python benchmarks/policies.py --models toy --quick
     python benchmarks/policies.py --models peer --update   # add one model to results/policies.json
 """
@@ -90,17 +93,20 @@ def peer_workload(quick):
                     ff.HeunSampler(1000), ff.HeunSampler(500), n)
 
 
-def dit_workload(quick):
-    from models.evaluation import DEFAULT_CKPT, Judge, balanced_labels, fidelity, make_noise
+def dit_workload(quick, name="dit"):
+    """The shipped MNIST DiT (no guidance) or, as "dit-fashion", the Fashion-MNIST DiT at its best
+    guidance (2); each judged by its own dataset's classifier."""
+    from models.evaluation import DEFAULT_CKPT, ROOT, Judge, balanced_labels, fidelity, make_noise
     from models.checkpoint import load_model
-    model, config, _ = load_model(DEFAULT_CKPT, device=torch.device("cpu"))
+    ckpt, cfg = (DEFAULT_CKPT, 1.0) if name == "dit" else (os.path.join(ROOT, "checkpoints", "dit_fashion.pt"), 2.0)
+    model, config, meta = load_model(ckpt, device=torch.device("cpu"))
     shape = (config.in_channels, config.image_size, config.image_size)
     n = 20 if quick else 300
     x0, labels = make_noise(n, shape, 0), balanced_labels(n, config.num_classes)
-    judge = Judge()
+    judge = Judge.for_model(meta)
 
     def warm(i):
-        return {"y": balanced_labels(25, 10), "cfg_scale": 1.0}, make_noise(25, shape, 12345 + 7919 * i)
+        return {"y": balanced_labels(25, 10), "cfg_scale": cfg}, make_noise(25, shape, 12345 + 7919 * i)
 
     def score(x, ref):
         x = x.clamp(-1, 1)
@@ -108,7 +114,7 @@ def dit_workload(quick):
                 "fd": judge.fid(x) if len(x) >= judge.min_fd_samples else None}  # --quick's 20 are too few
 
     steps = 20 if quick else 400
-    return Workload("dit", model.forward_with_cfg, x0, {"y": labels, "cfg_scale": 1.0}, warm, score,
+    return Workload(name, model.forward_with_cfg, x0, {"y": labels, "cfg_scale": cfg}, warm, score,
                     ff.HeunSampler(steps, correct_last=False), ff.HeunSampler(steps // 2, correct_last=False),
                     min(n, 100))
 
@@ -230,7 +236,7 @@ def plot(results, path) -> list[str]:
     every = sorted({r["label"] for m in models for r in m["rows"] if r["budget"] is not None})
     colour = {label: plt.cm.tab10.colors[i % 10] for i, label in enumerate(every)}
     for col, m in enumerate(models):
-        image = m["model"] == "dit"
+        image = m["model"].startswith("dit")
         for row, (key, name) in enumerate((("dev", "Euler-50"), ("vs_exact", "exact solution"))):
             ax = axes[row][col]
             labels = sorted({r["label"] for r in m["rows"] if r["budget"] is not None})
@@ -313,7 +319,8 @@ def main(args):
     check_writable(args.out_json, "--out-json")
     old = read_previous(args.out_json) if args.update else None
     torch.set_num_threads(args.threads) if args.threads else None
-    makers = {"toy": toy_workload, "dit": dit_workload, "peer": peer_workload}
+    makers = {"toy": toy_workload, "dit": dit_workload, "dit-fashion": lambda q: dit_workload(q, "dit-fashion"),
+              "peer": peer_workload}
     result = {"T": T, "args": vars(args), "plan_seconds": plan_timing(), "models": []}
     print(f"plan_skips: {result['plan_seconds'][50] * 1e3:.1f} ms at T = 50, {result['plan_seconds'][250]:.3f} s at T = 250")
     for name in args.models:
@@ -356,7 +363,7 @@ def print_timing(rows: dict, comparison) -> None:
 
 
 def print_table(m):
-    image = m["model"] == "dit"
+    image = m["model"].startswith("dit")
     unit = "dB" if image else "rel L2"
     print(f"\n[{m['model']}] exact: {m['exact']} ({m['exact_nfe']:.0f} calls); convergence: "
           f"{m['exact_convergence']['check']} is {m['exact_convergence']['rel_l2_check_vs_exact']:.2e} (rel L2) from it; "
@@ -370,7 +377,8 @@ def print_table(m):
 
 def parse_args(argv=None):
     p = OneLineParser(prog="policies.py", description=__doc__)
-    p.add_argument("--models", nargs="*", choices=["toy", "dit", "peer"], default=["toy", "dit", "peer"],
+    p.add_argument("--models", nargs="*", choices=["toy", "dit", "dit-fashion", "peer"],
+                   default=["toy", "dit", "dit-fashion", "peer"],
                    help="models to evaluate (none with --timing to time only)")
     p.add_argument("--budgets", type=positive_int, nargs="+", default=[12, 14, 16, 20, 25],
                    help=f"call budgets K (model calls per sample, at most T = {T})")

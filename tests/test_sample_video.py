@@ -7,27 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-import train
 from models.video_dit import VideoDiT
-from problems import fake_digits, write_idx
 from sample import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["--steps", "4", "--n", "3", "--batch-size", "4", "--timing-rounds", "1", "--warmup-batch-size", "2", "--quiet"]
 FRAMES, SIZE = 8, 32
 PAD = 2  # grid_image's padding between tiles
-
-
-@pytest.fixture(scope="module")
-def video_ckpt(tmp_path_factory, one_thread):
-    """A VideoDiT-MM-tiny after 2 steps (raw weights exported: an EMA this young is the zero init)."""
-    d = tmp_path_factory.mktemp("video")
-    root = write_idx(d / "mnist", "train", *fake_digits(20))
-    train.main(train.parse_args([
-        "--dataset", "moving-mnist", "--data-root", str(root), "--model", "VideoDiT-MM-tiny", "--steps", "2",
-        "--batch-size", "2", "--lr", "1e-2", "--warmup", "1", "--ema-decay", "0", "--out-dir", str(d / "run"),
-        "--ckpt-every", "0", "--sample-every", "0", "--threads", "1", "--no-progress", "--export", str(d / "v.pt")]))
-    return str(d / "v.pt")
 
 
 @pytest.fixture
