@@ -17,7 +17,7 @@ Also: the video model's one-step extrapolation error along t beside the image Di
 plan sees), and whether a plan calibrated on clips of one class transfers to the others: for each
 class c, FastFlow at --transfer-calls calibrated on clips of c only, measured on all clips.
 
-    python benchmarks/video.py                         # 32 clips (about 10 minutes on 2 CPU cores)
+    python benchmarks/video.py                         # 32 clips (32 minutes on 2 CPU cores shared with two other jobs)
     python benchmarks/video.py --n 8 --budgets 12 --transfer-classes 0 1 --rounds 1   # a smoke run
 
 Writes results/video.json and results/video.png.
