@@ -17,7 +17,7 @@ Also: the video model's one-step extrapolation error along t beside the image Di
 plan sees), and whether a plan calibrated on clips of one class transfers to the others: for each
 class c, FastFlow at --transfer-calls calibrated on clips of c only, measured on all clips.
 
-    python benchmarks/video.py                         # 32 clips (32 minutes on 2 CPU cores shared with two other jobs)
+    python benchmarks/video.py                         # 32 clips (46 minutes on 2 CPU cores shared with two other jobs)
     python benchmarks/video.py --n 8 --budgets 12 --transfer-classes 0 1 --rounds 1   # a smoke run
 
 Writes results/video.json and results/video.png.
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
+from benchmarks.editing import one_step_errors  # noqa: E402
 from models.checkpoint import load_model  # noqa: E402
 from models.classifier import check_judge, load_classifier  # noqa: E402
 from models.cli import OneLineParser, check_writable, positive_int, run_cli, seed_int  # noqa: E402
@@ -44,12 +45,6 @@ from models.timing import compare, speedup_text  # noqa: E402
 from models.video_eval import centroids, digit_room, motion_residual, per_frame_accuracy, psnr_per_frame  # noqa: E402
 
 VIDEO_CKPT = os.path.join(ROOT, "checkpoints", "video_dit.pt")
-
-
-def one_step_errors(sampler: ff.FastFlowSampler) -> dict:
-    """table[k, 1, 1] against t_k: the error of extrapolating one step ahead along the calibrated path."""
-    T = sampler.steps
-    return {"t": sampler.times[1:T - 1].tolist(), "error": [float(sampler.table[k, 1, 1]) for k in range(1, T - 1)]}
 
 
 def clip_scores(clips: torch.Tensor, labels: torch.Tensor, judge, room) -> dict:
