@@ -34,7 +34,7 @@ from tqdm import tqdm
 from models.data import DATASETS, VIDEO_DATASETS, ImageTensorDataset, build_dataset, default_root, to_unit_range
 from models import DIT_CONFIGS, DiT
 from models.video_dit import VIDEO_DIT_CONFIGS, VideoDiT
-from models.checkpoint import FULL_KEYS, load_checkpoint, save_checkpoint
+from models.checkpoint import FULL_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from models.cli import (OneLineParser, check_writable, finite_float, nonnegative_float, nonnegative_int,
                         positive_float, positive_int, seed_int, unit_float)
 
@@ -370,6 +370,10 @@ def build_parser(prog: str = "train.py", description: str | None = None) -> OneL
                    help="classifier-free guidance scale of the sample grids (1 = none)")
     p.add_argument("--log-every", type=positive_int, default=50, help="log the mean loss every N steps")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt if it exists")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start the weights (and their EMA) from this checkpoint's EMA weights, full or slim, "
+                        "of the same model and data; step 0, a fresh optimiser. A run resumed from "
+                        "<out-dir>/last.pt keeps its own weights")
     p.add_argument("--export", default=None, help="write a slim EMA-only checkpoint here at the end")
     p.add_argument("--export-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the exported weights")
@@ -412,6 +416,18 @@ def parse_args(argv=None, prog: str = "train.py", description: str | None = None
 
 
 # ---------------------------------------------------------------- the run
+
+
+def warm_start(path: str, config, model: torch.nn.Module, ema: torch.nn.Module) -> None:
+    """Load a checkpoint's EMA weights (full or slim) into both the model and its EMA: fine-tuning
+    goes on from the averaged weights. Its config must be ``config`` (same model, same data shape)."""
+    ckpt = load_checkpoint(path, required=("config", "ema"), expected_config=config)
+    state = {k: v.float() for k, v in ckpt["ema"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"--init-from {path}: its weights do not fit {type(model).__name__}: {e}") from e
+    ema.load_state_dict(state)
 
 
 def train(args):
@@ -483,8 +499,14 @@ def run(args, rank: int, world_size: int, local_rank: int, device: torch.device)
         if is_main:
             print(f"resumed from {last_path} at step {start_step}")
             keep_log_until(log_path, start_step)
-    elif args.resume and is_main:
-        print(f"--resume: {last_path} not found, starting from scratch")
+    else:
+        if args.init_from:
+            warm_start(args.init_from, config, model, ema)
+            if is_main:
+                print(f"weights from {args.init_from} (EMA), a fresh optimiser at step 0")
+        if args.resume and is_main:
+            print(f"--resume: {last_path} not found, starting from "
+                  f"{'--init-from' if args.init_from else 'scratch'}")
 
     ddp_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if world_size > 1 else model
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,

@@ -69,3 +69,29 @@ def test_video_model_and_data_must_match(argv, message, capsys):
         train.parse_args(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_from_starts_both_weights_at_a_checkpoints_ema_and_refuses_another_model(mnist_root, tmp_path):
+    first = train.main(video_args(mnist_root, tmp_path / "a", 3, "--export", str(tmp_path / "v.pt")))
+    start = {k: v.clone() for k, v in first["ema"].state_dict().items()}
+    # one step at a learning rate too small to move anything: what is left is where the run started
+    warm = train.main(video_args(mnist_root, tmp_path / "b", 1, "--init-from", str(tmp_path / "v.pt"), "--lr", "1e-12"))
+    cold = train.main(video_args(mnist_root, tmp_path / "c", 1, "--lr", "1e-12"))
+    for name, value in start.items():
+        torch.testing.assert_close(warm["model"].state_dict()[name], value, rtol=0, atol=1e-9, msg=name)
+        torch.testing.assert_close(warm["ema"].state_dict()[name], value, rtol=0, atol=1e-9, msg=name)
+    moved = [n for n, v in start.items() if not torch.allclose(cold["model"].state_dict()[n], v, atol=1e-6)]
+    assert moved, "a run from scratch starts elsewhere than the trained weights"
+    # a resumed run keeps its own weights: --init-from does not reset them
+    with_init = train.main(video_args(mnist_root, tmp_path / "c", 2, "--resume", "--init-from", str(tmp_path / "v.pt")))
+    train.main(video_args(mnist_root, tmp_path / "e", 1, "--lr", "1e-12"))
+    without = train.main(video_args(mnist_root, tmp_path / "e", 2, "--resume"))
+    assert with_init["step"] == without["step"] == 2
+    for name, value in without["model"].state_dict().items():
+        torch.testing.assert_close(with_init["model"].state_dict()[name], value, msg=name)
+    image = tmp_path / "i.pt"
+    train.main(train.parse_args(["--dataset", "mnist", "--data-root", str(mnist_root), "--steps", "1",
+                                 "--batch-size", "4", "--out-dir", str(tmp_path / "img"), "--threads", "1",
+                                 "--sample-every", "0", "--sample-steps", "2", "--no-progress", "--export", str(image)]))
+    with pytest.raises(CheckpointError, match="config mismatch"):
+        train.main(video_args(mnist_root, tmp_path / "d", 1, "--init-from", str(image)))
