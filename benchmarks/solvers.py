@@ -12,7 +12,8 @@ The peers a user of flow models reaches for besides the project's samplers:
 
 (diffusers' own DPM-Solver++ flow grid starts at sigma = 0.999, t = 0.001: the first thousandth of the
 path is never integrated, which puts a floor under its error), against the project's Euler, AB2, UniPC (``ff.UniPCSampler``), FastFlow's plan on the Euler and
-AB2 bases (where K allows, K >= 9 at T = 50), and the budget choice ``calls=K``
+AB2 bases (on T = 50 from 9 calls, below that on the finest coarser grid whose runs of at most 6 skips allow K:
+44 steps at K = 8, 30 at K = 6), and the budget choice ``calls=K``
 (``ff.make_sampler("best", calls=K)``, ``fastflow.choice``) with each of its two targets.
 Everything that calibrates (the grids, FastFlow, the choice) does so on other noise than the
 measurement's.
@@ -42,15 +43,15 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastflow as ff  # noqa: E402
-from fastflow.optgrid import optimal_times  # noqa: E402
-from fastflow.plan import min_calls  # noqa: E402
-from fastflow.specs import DEFAULT_MAX_RUN  # noqa: E402
+from fastflow.optgrid import optimal_times, trajectory_velocities  # noqa: E402
+from fastflow.choice import plan_steps  # noqa: E402
 from models.cli import OneLineParser, check_writable, positive_int, run_cli  # noqa: E402
 from models.sampling import write_json  # noqa: E402
 from benchmarks.policies import T, dit_workload, peer_workload, toy_workload  # noqa: E402
 
 BUDGETS = (6, 8, 10, 12, 16, 20)
-FINE = 200              # the reference run the optimised grids are cut from
+FINE = 200              # the Euler reference run the Euler-optimised grids are cut from
+CAL_BATCHES = 8         # warm-up batches of 256 points the 2-D models calibrate on
 DB_MARGIN, REL_MARGIN = 0.5, 0.10   # "within 0.5 dB" / "within 10%" of the best in the table
 CHOICES = {"best, exact target": "exact", "best, Euler-50 target": "euler"}
 
@@ -102,27 +103,50 @@ class DiffusersSampler:
         return f"diffusers {self.kind}, order 2, {self.calls} calls, {grid}"
 
 
+def calibration(w) -> tuple[dict, torch.Tensor]:
+    """The noise everything calibrates on: warm-up batch 0 for the DiT (25 images), batches 0 to
+    CAL_BATCHES - 1 for the 2-D models (2048 points: their relative L2 is dominated by the few
+    paths near a boundary between modes, which 256 points do not hold; 2-D calls are cheap)."""
+    if w.name.startswith("dit"):
+        return w.warm(0)
+    return {}, torch.cat([w.warm(i)[1] for i in range(CAL_BATCHES)])
+
+
 def fine_reference(w) -> tuple[list, list]:
-    """Times and states of Euler-FINE on the workload's calibration noise (warm-up batch 0)."""
-    extras, x = w.warm(0)
+    """Times and states of Euler-FINE on the calibration noise."""
+    extras, x = calibration(w)
     ref = ff.EulerSampler(FINE).sample(w.velocity, x, trace=True, **extras)
     return ff.EulerSampler(FINE).times.tolist(), ref.trace
 
 
-def samplers_at(K: int, times, states, quick: bool) -> dict:
-    """name -> sampler making K calls (FastFlow's plans only where min_calls allows)."""
+def base_grids(w) -> tuple[list, list, torch.Tensor]:
+    """Every other time and state of AB2-2T on the calibration noise, with their second-order
+    velocities: what ``BudgetSampler(target="exact")`` cuts its base-aware grids from."""
+    extras, x = calibration(w)
+    fine = ff.AdamsBashforthSampler(2 * T)
+    ref = fine.sample(w.velocity, x, trace=True, **extras)
+    times = fine.times.tolist()
+    return times[::2], ref.trace[::2], trajectory_velocities(times, ref.trace)[::2]
+
+
+def samplers_at(K: int, times, states, own, quick: bool) -> dict:
+    """name -> sampler making K calls (FastFlow's plans on a coarser grid below 9 calls)."""
     grid = optimal_times(times, states, K)
     out = {"Euler": ff.EulerSampler(K), "AB2": ff.AdamsBashforthSampler(K, order=2),
            "UniPC (ours)": ff.UniPCSampler(K), "Euler, optimised grid": ff.EulerSampler(times=grid),
            "UniPC (ours), optimised grid": ff.UniPCSampler(times=grid)}
+    ot, ox, ov = own
+    out["AB2, its own optimised grid"] = ff.AdamsBashforthSampler(times=optimal_times(ot, ox, K, "ab2", ov))
+    out["UniPC (ours), its own optimised grid"] = ff.UniPCSampler(times=optimal_times(ot, ox, K, "unipc", ov))
     if not quick:
         out.update({"diffusers UniPC": DiffusersSampler("unipc", K),
                     "diffusers UniPC, optimised grid": DiffusersSampler("unipc", K, grid),
                     "diffusers DPM-Solver++": DiffusersSampler("dpm++", K),
                     "diffusers DPM-Solver++, optimised grid": DiffusersSampler("dpm++", K, grid)})
-    if K >= min_calls(T, 1, DEFAULT_MAX_RUN):
-        out["FastFlow plan"] = ff.FastFlowSampler(T, calls=K)
-        out["FastFlow plan, AB2 base"] = ff.FastFlowSampler(T, calls=K, base="ab2")
+    steps = plan_steps(T, K)  # below 9 calls at T = 50, a coarser grid (fastflow.choice.plan_steps)
+    if steps is not None:
+        out["FastFlow plan"] = ff.FastFlowSampler(steps, calls=K)
+        out["FastFlow plan, AB2 base"] = ff.FastFlowSampler(steps, calls=K, base="ab2")
     for name, target in CHOICES.items():
         out[name] = ff.make_sampler("best", steps=T, calls=K, target=target)
     return out
@@ -144,16 +168,18 @@ def evaluate(w, budgets, quick: bool, progress: bool) -> dict:
     exact, _, _ = w.run(w.exact_sampler)
     check, _, _ = w.run(w.check_sampler)
     times, states = fine_reference(w)
+    own = base_grids(w)
     e50 = w.score(ref, exact)
     out = {"model": w.name, "units": "PSNR dB" if images else "relative L2", "exact": repr(w.exact_sampler),
            "exact_check": {"against": repr(w.check_sampler), "deviation": w.score(check, exact)["dev"]},
            "euler50_vs_exact": e50["dev"], "euler50": {k: v for k, v in w.score(ref, ref).items() if k != "dev"},
            "rows": [], "verdicts": []}
+    chosen = {}
     for K in tqdm(budgets, desc=w.name, disable=not progress):
         rows = []
-        for name, sampler in samplers_at(K, times, states, quick).items():
+        for name, sampler in samplers_at(K, times, states, own, quick).items():
             if callable(getattr(sampler, "calibrate", None)):
-                extras, x = w.warm(0)
+                extras, x = calibration(w)
                 t0 = time.perf_counter()
                 sampler.calibrate(w.velocity, x, **extras)
                 cal_s = time.perf_counter() - t0
@@ -166,10 +192,44 @@ def evaluate(w, budgets, quick: bool, progress: bool) -> dict:
             if isinstance(getattr(sampler, "choice", None), dict):
                 row["chose"] = sampler.choice["name"]
                 row["calibration_calls"] = sampler.choice["calibration_calls"]
+                chosen[(K, name)] = sampler
             rows.append(row)
         out["rows"] += rows
         out["verdicts"].append(verdict(K, rows, images))
+    if images and not quick:
+        out["timing"] = time_choices(w, chosen)
     return out
+
+
+def time_choices(w, chosen: dict) -> dict:
+    """Wall clock of each calibrated choice against Euler-50 on one batch (``models.timing``:
+    warm-up, interleaved rounds, medians): after calibration a K-call choice should take K/50 of
+    Euler-50's time, the choice costing nothing per run. Returns the comparison and, per choice,
+    its time over Euler-50's against K/50."""
+    from models.timing import compare
+    n = w.batch_size
+    x = w.x0[:n]
+    extras = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in w.extras.items()}
+    runs = {"Euler-50": lambda: ff.EulerSampler(T).sample(w.velocity, x, **extras).nfe}
+    for (K, name), s in chosen.items():
+        runs[f"{name}, K={K}"] = lambda s=s: s.sample(w.velocity, x, **extras).nfe
+    cmp = compare(runs, reference="Euler-50", rounds=3)
+    rows = []
+    for label, t in cmp.timings.items():
+        if label == "Euler-50":
+            continue
+        ratio = None if t.speedup is None else 1 / t.speedup  # None: above its call-ratio ceiling, not a result
+        rows.append({"sampler": label, "calls": t.calls, "seconds": t.seconds, "time_over_euler50": ratio,
+                     "calls_over_50": t.calls / T,
+                     "within_5pct": ratio is not None and ratio <= 1.05 * t.calls / T})
+    for r in rows:
+        print(f"{r['sampler']:36s} {r['calls']:4.0f} calls  {r['seconds']:.3f} s  time / Euler-50's "
+              f"{'-' if r['time_over_euler50'] is None else format(r['time_over_euler50'], '.3f')}  K/50 "
+              f"{r['calls_over_50']:.3f}")
+    for line in [cmp.method()] + cmp.notes():
+        print(line)
+    return {"method": cmp.method(), "notes": cmp.notes(), "euler50_seconds": cmp["Euler-50"].seconds,
+            "rows": rows, "comparison": cmp.as_dict()}
 
 
 def verdict(K: int, rows: list, images: bool) -> dict:

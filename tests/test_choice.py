@@ -24,8 +24,9 @@ def calibrated():
 
 def test_calibration_makes_the_calls_it_announces_then_k_per_run(calibrated):
     flow, x0, s, before, made, first = calibrated
-    # AB2-48 reference, three plan bases of 24 calls, nine candidates of 10 calls
-    assert before == made == first.nfe == 2 * 24 + 3 * 24 + 9 * 10
+    # AB2-48 reference, three plan bases of 24 calls, every candidate once with 10 calls
+    assert len(ff.choice.CANDIDATES) == 12
+    assert before == made == first.nfe == 2 * 24 + 3 * 24 + 12 * 10
     assert s.expected_calls() == 10 and first.info["calibration_run"] and s.choice["calibration_calls"] == made
     counted = Counted(flow)
     later = s.sample(counted, noise(32, 2, 2))
@@ -123,3 +124,43 @@ def test_sample_py_runs_the_choice_at_k_calls(tmp_path):
     row = json.loads(report.read_text())["rows"][0]
     assert row["nfe"] == 8 and row["calls_target"] == 8 and row["choice"] in ff.choice.CANDIDATES
     assert f"chose {row['choice']}" in proc.stdout
+
+
+def test_plans_reach_6_calls_at_t_50_on_a_coarser_grid_and_cost_what_was_announced():
+    flow, x0 = sharp_mixture(), noise(64, 2, 7)
+    s = BudgetSampler(50, calls=6, candidates=["plan-euler", "plan-ab2", "plan-euler-o2"])
+    assert [s._plan_run(n, 6) for n in ("plan-euler", "plan-ab2", "plan-euler-o2")] == [
+        ("euler", 1, 30), ("ab2", 1, 30), ("euler", 2, 24)]
+    assert s._plan_run("plan-euler", 8) == ("euler", 1, 44) and s._plan_run("plan-euler", 9) == ("euler", 1, 50)
+    before = s.expected_calls()
+    counted = Counted(flow)
+    s.sample(counted, x0)
+    # AB2-100 reference, plan calibration runs of 30, 30 and 24 steps, four candidates of 6 calls
+    assert before == counted.calls == 100 + 30 + 30 + 24 + 4 * 6
+    devs = s.choice["deviations"]["6"]
+    assert all(devs[n] is not None for n in ("plan-euler", "plan-ab2", "plan-euler-o2"))
+    chosen = s.freeze()
+    assert chosen.expected_calls() == 6
+    if s.choice["name"].startswith("plan"):
+        assert chosen.steps < 50
+    counted = Counted(flow)
+    assert s.sample(counted, noise(8, 2, 8)).nfe == counted.calls == 6
+
+
+def test_euler_grids_are_cut_along_euler_t_at_no_extra_cost_when_the_euler_plan_runs_it():
+    flow, x0 = sharp_mixture(), noise(32, 2, 9)
+    alone = BudgetSampler(20, calls=8, candidates=["euler-grid", "unipc-eulergrid"])
+    with_plan = BudgetSampler(20, calls=8, candidates=["euler-grid", "plan-euler"])
+    for s, expected in ((alone, 40 + 20 + 3 * 8), (with_plan, 40 + 20 + 3 * 8)):
+        counted = Counted(flow)
+        assert s.expected_calls() == expected
+        s.sample(counted, x0)
+        assert counted.calls == expected
+    # the Euler grid is the one the Euler-20 run gives, whichever run made it
+    from fastflow.optgrid import optimal_times
+    run = ff.EulerSampler(20).sample(flow, x0, trace=True)
+    grid = optimal_times(ff.EulerSampler(20).times.tolist(), run.trace, 8)
+    cand = alone._build("euler-grid", 8, alone._grid_tables(ff.AdamsBashforthSampler(40).times.tolist(),
+                                                            ff.AdamsBashforthSampler(40).sample(flow, x0, trace=True).trace,
+                                                            ["euler"], run.trace), {})
+    assert torch.allclose(cand.times, grid)
