@@ -23,7 +23,9 @@ stopped changing. Models:
 Writes results/policies.json and results/policies.png.
 
     python benchmarks/policies.py                     # all four models (toy, dit, peer: about 15 minutes on
-                                                      # 2 CPU cores; dit-fashion --quick alone: 8 minutes)
+                                                      # 2 CPU cores; dit-fashion --quick alone: 8 minutes,
+                                                      # dit-fashion in full: over an hour on one thread, its
+                                                      # exact solutions alone 35 minutes)
     python benchmarks/policies.py --models toy --quick
     python benchmarks/policies.py --models peer --update   # add one model to results/policies.json
 """
