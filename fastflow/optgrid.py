@@ -124,12 +124,13 @@ def _pair_grid(e: torch.Tensor, K: int) -> list[int]:
 
 def step_errors(times: Sequence[float], states: Sequence[torch.Tensor], base: str = "euler",
                 dims: int = 8192, seed: int = 0, velocities: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The local-error table of one step of ``base`` (``BASES``) along an Euler reference run with
-    states x_0..x_T at ``times``: ``euler_step_errors`` for "euler"; for "ab2" and "unipc" (UniPC-2
+    """The local-error table of one step of ``base`` (``BASES``) along a reference run with states
+    x_0..x_T at ``times``: the (T + 1, T + 1) table of ``euler_step_errors`` for "euler"; for "ab2" and "unipc" (UniPC-2
     with its corrector, as ``UniPCSampler``) the (T + 1,) * 3 table e[h, i, j] of the module
     docstring, +inf off h < i < j (and off the first step e[0, 0, j]), relative to ||x_j||.
 
-    The velocities are the reference's own, v_k = (x_{k+1} - x_k) / dt_k (exact for Euler). Norms
+    The velocities are ``velocities`` ((T + 1, ...) like the states, e.g. ``trajectory_velocities``)
+    or else the run's own, v_k = (x_{k+1} - x_k) / dt_k (exact for an Euler run). Norms
     are taken on at most ``dims`` coordinates drawn with ``seed`` (all of them when fewer): a
     (T + 1)^3 / 6 table over a whole batch would cost far more than the model calls it saves.
 
@@ -138,7 +139,7 @@ def step_errors(times: Sequence[float], states: Sequence[torch.Tensor], base: st
     """
     if base not in BASES:
         raise ValueError(f"unknown grid base {base!r}, choose from {list(BASES)}")
-    if base == "euler":
+    if base == "euler" and velocities is None:
         return euler_step_errors(times, states)
     t = [float(s) for s in times]
     if len(states) != len(t) or len(t) < 3:
@@ -158,6 +159,13 @@ def step_errors(times: Sequence[float], states: Sequence[torch.Tensor], base: st
     one_minus = torch.tensor([1.0 - s for s in t[:T]], dtype=torch.float64, device=x.device)
     u = v if base == "ab2" else x[:T] + one_minus[:, None] * v      # the outputs the base combines
     norms = x.norm(dim=1).clamp_min(1e-30).cpu()
+    if base == "euler":  # with given velocities: x_j = x_i + (t_j - t_i) v_i
+        err = torch.full((T + 1, T + 1), float("inf"), dtype=torch.float64)
+        tt = torch.tensor(t, dtype=torch.float64, device=x.device)
+        for i in range(T):
+            pred = x[i] + (tt[i + 1:] - tt[i])[:, None] * v[i]
+            err[i, i + 1:] = ((x[i + 1:] - pred).norm(dim=1) / norms[i + 1:].to(x.device)).cpu()
+        return err
     err = torch.full((T + 1, T + 1, T + 1), float("inf"), dtype=torch.float64)
     W = _weight_table(tuple(t), base).to(x.device)                  # (h, i, j, 4) on x_i, u_i, u_h, u_j
     for i in range(T):
@@ -192,10 +200,10 @@ def trajectory_velocities(times: Sequence[float], states: Sequence[torch.Tensor]
     # the derivative of the parabola through three neighbours, at its middle, start and end point
     v[1:-1] = (xa * (tb - tc) / ((ta - tb) * (ta - tc)) + xb * (2 * tb - ta - tc) / ((tb - ta) * (tb - tc))
                + xc * (tb - ta) / ((tc - ta) * (tc - tb)))
-    a, b, c = t[0], t[1], t[2]
-    v[0] = x[0] * (2 * a - b - c) / ((a - b) * (a - c)) + x[1] * (a - c) / ((b - a) * (b - c)) + x[2] * (a - b) / ((c - a) * (c - b))
-    a, b, c = t[-1], t[-2], t[-3]
-    v[-1] = x[-1] * (2 * a - b - c) / ((a - b) * (a - c)) + x[-2] * (a - c) / ((b - a) * (b - c)) + x[-3] * (a - b) / ((c - a) * (c - b))
+    for at, (i, j, k) in ((0, (0, 1, 2)), (-1, (-1, -2, -3))):  # the ends: the parabola's slope at its own end
+        a, b, c = t[i], t[j], t[k]
+        v[at] = (x[i] * (2 * a - b - c) / ((a - b) * (a - c)) + x[j] * (a - c) / ((b - a) * (b - c))
+                 + x[k] * (a - b) / ((c - a) * (c - b)))
     return v
 
 
@@ -243,7 +251,5 @@ def optimal_times(times: Sequence[float], states: Sequence[torch.Tensor], calls:
     Raises:
         ValueError: as ``step_errors`` and ``optimal_grid``.
     """
-    table = euler_step_errors(times, states) if base == "euler" and velocities is None else \
-        step_errors(times, states, base, velocities=velocities)
-    idx = optimal_grid(table, calls)
+    idx = optimal_grid(step_errors(times, states, base, velocities=velocities), calls)
     return torch.as_tensor(times, dtype=torch.float64)[idx]

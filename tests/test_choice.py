@@ -160,7 +160,7 @@ def test_euler_grids_are_cut_along_euler_t_at_no_extra_cost_when_the_euler_plan_
     from fastflow.optgrid import optimal_times
     run = ff.EulerSampler(20).sample(flow, x0, trace=True)
     grid = optimal_times(ff.EulerSampler(20).times.tolist(), run.trace, 8)
-    cand = alone._build("euler-grid", 8, alone._grid_tables(ff.AdamsBashforthSampler(40).times.tolist(),
-                                                            ff.AdamsBashforthSampler(40).sample(flow, x0, trace=True).trace,
-                                                            ["euler"], run.trace), {})
+    ab2 = ff.AdamsBashforthSampler(40)
+    tables = alone._grid_tables(ab2.times.tolist(), ab2.sample(flow, x0, trace=True).trace, ["euler"], run.trace)
+    cand = alone._build("euler-grid", 8, tables, {})
     assert torch.allclose(cand.times, grid)

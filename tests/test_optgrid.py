@@ -31,6 +31,9 @@ def test_every_step_of_an_euler_reference_costs_nothing_and_longer_steps_cost_mo
     e = euler_step_errors(ff.grids.uniform(T), run.trace)
     assert torch.allclose(e.diagonal(1), torch.zeros(T, dtype=torch.float64), atol=1e-12)  # exact: same steps
     assert optimal_grid(e, T) == list(range(T + 1))
+    x = torch.stack(run.trace)
+    v = torch.cat([(x[1:] - x[:-1]) * T, torch.zeros_like(x[:1])])  # Euler's own velocities, given
+    assert torch.allclose(step_errors(ff.grids.uniform(T), run.trace, "euler", velocities=v), e, atol=1e-12)
     below = torch.tril(torch.ones(T + 1, T + 1, dtype=torch.bool))
     assert (e[0, 2:] > 0).all() and torch.isinf(e[below]).all()
 
