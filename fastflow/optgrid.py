@@ -42,9 +42,12 @@ __all__ = ["BASES", "euler_step_errors", "optimal_grid", "optimal_times", "step_
 BASES = ("euler", "ab2", "unipc")  # the bases a grid can be cut for
 
 
-def euler_step_errors(times: Sequence[float], states: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(T + 1, T + 1) float64 table e[i, j] of one Euler step from point i to point j along an Euler
-    reference run with states x_0..x_T at ``times`` (module docstring); +inf where j <= i.
+def euler_step_errors(times: Sequence[float], states: Sequence[torch.Tensor],
+                      velocities: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(T + 1, T + 1) float64 table e[i, j] of one Euler step from point i to point j along a
+    reference run with states x_0..x_T at ``times`` (module docstring); +inf where j <= i. The
+    velocities are ``velocities`` ((T + 1, ...) like the states) or else the run's own forward
+    differences, exact for an Euler run.
 
     Raises:
         ValueError: for fewer than 3 points, or states and times of different counts.
@@ -54,7 +57,10 @@ def euler_step_errors(times: Sequence[float], states: Sequence[torch.Tensor]) ->
         raise ValueError(f"need as many states as times, at least 3, got {len(states)} and {len(t)}")
     x = torch.stack([s.detach().double().reshape(-1) for s in states])     # (T + 1, n), on the states' device
     dt = (t[1:] - t[:-1]).to(x.device)
-    v = (x[1:] - x[:-1]) / dt[:, None]                                   # (T, n): v_i of the reference run
+    if velocities is None:
+        v = (x[1:] - x[:-1]) / dt[:, None]                               # (T, n): v_i of the reference run
+    else:
+        v = velocities.detach().double().reshape(len(t), -1)[:-1].to(x.device)
     T = len(t) - 1
     err = torch.full((T + 1, T + 1), float("inf"), dtype=torch.float64)
     norms = x.norm(dim=1).clamp_min(1e-30)
@@ -125,7 +131,7 @@ def _pair_grid(e: torch.Tensor, K: int) -> list[int]:
 def step_errors(times: Sequence[float], states: Sequence[torch.Tensor], base: str = "euler",
                 dims: int = 8192, seed: int = 0, velocities: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The local-error table of one step of ``base`` (``BASES``) along a reference run with states
-    x_0..x_T at ``times``: the (T + 1, T + 1) table of ``euler_step_errors`` for "euler"; for "ab2" and "unipc" (UniPC-2
+    x_0..x_T at ``times``: ``euler_step_errors`` for "euler"; for "ab2" and "unipc" (UniPC-2
     with its corrector, as ``UniPCSampler``) the (T + 1,) * 3 table e[h, i, j] of the module
     docstring, +inf off h < i < j (and off the first step e[0, 0, j]), relative to ||x_j||.
 
@@ -139,8 +145,8 @@ def step_errors(times: Sequence[float], states: Sequence[torch.Tensor], base: st
     """
     if base not in BASES:
         raise ValueError(f"unknown grid base {base!r}, choose from {list(BASES)}")
-    if base == "euler" and velocities is None:
-        return euler_step_errors(times, states)
+    if base == "euler":
+        return euler_step_errors(times, states, velocities)
     t = [float(s) for s in times]
     if len(states) != len(t) or len(t) < 3:
         raise ValueError(f"need as many states as times, at least 3, got {len(states)} and {len(t)}")
@@ -159,13 +165,6 @@ def step_errors(times: Sequence[float], states: Sequence[torch.Tensor], base: st
     one_minus = torch.tensor([1.0 - s for s in t[:T]], dtype=torch.float64, device=x.device)
     u = v if base == "ab2" else x[:T] + one_minus[:, None] * v      # the outputs the base combines
     norms = x.norm(dim=1).clamp_min(1e-30).cpu()
-    if base == "euler":  # with given velocities: x_j = x_i + (t_j - t_i) v_i
-        err = torch.full((T + 1, T + 1), float("inf"), dtype=torch.float64)
-        tt = torch.tensor(t, dtype=torch.float64, device=x.device)
-        for i in range(T):
-            pred = x[i] + (tt[i + 1:] - tt[i])[:, None] * v[i]
-            err[i, i + 1:] = ((x[i + 1:] - pred).norm(dim=1) / norms[i + 1:].to(x.device)).cpu()
-        return err
     err = torch.full((T + 1, T + 1, T + 1), float("inf"), dtype=torch.float64)
     W = _weight_table(tuple(t), base).to(x.device)                  # (h, i, j, 4) on x_i, u_i, u_h, u_j
     for i in range(T):
@@ -212,13 +211,13 @@ def _weight_table(times: tuple, base: str) -> torch.Tensor:
     """(n, n, n, 4) float64 weights of ``base``'s step from i to j after h (``_ab2_weights``,
     ``_unipc_weights``; the first step at h = i = 0), computed once per grid: they depend on the
     times only."""
-    n = len(times)
+    n, t = len(times), list(times)
     weights = _ab2_weights if base == "ab2" else _unipc_weights
     W = torch.zeros(n, n, n, 4, dtype=torch.float64)
     for j in range(1, n):
-        W[0, 0, j] = torch.tensor(weights(list(times), None, 0, j), dtype=torch.float64)
+        W[0, 0, j] = torch.tensor(weights(t, None, 0, j), dtype=torch.float64)
         for i in range(1, j):
-            W[:i, i, j] = torch.tensor([weights(list(times), h, i, j) for h in range(i)], dtype=torch.float64)
+            W[:i, i, j] = torch.tensor([weights(t, h, i, j) for h in range(i)], dtype=torch.float64)
     return W
 
 
@@ -245,7 +244,7 @@ def _unipc_weights(t: list, h, i: int, j: int) -> tuple:
 
 def optimal_times(times: Sequence[float], states: Sequence[torch.Tensor], calls: int,
                   base: str = "euler", velocities: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The (K + 1,) times of the best K-step grid for ``base`` along a reference Euler run
+    """The (K + 1,) times of the best K-step grid for ``base`` along a reference run
     (``step_errors`` then ``optimal_grid``), ready for ``EulerSampler(times=...)`` and the like.
 
     Raises:
