@@ -11,7 +11,8 @@ The peers a user of flow models reaches for besides the project's samplers:
   and both diffusers schedulers step on that grid (diffusers' own DPM-Solver++ flow grid starts at
   sigma = 0.999, t = 0.001: the first thousandth of the path is never integrated, a floor under its error);
 * AB2 and the project's UniPC on grids cut for their own steps (``optimal_times(..., base=)``, along
-  AB2-100 on the calibration noise, every other state with second-order velocities);
+  AB2-100 on the calibration noise, every other state with second-order velocities), and UniPC on
+  its grid cut from all 100 states (its last step can then be 1/100);
 
 against the project's Euler, AB2, UniPC (``ff.UniPCSampler``), FastFlow's plan on the Euler and
 AB2 bases (on T = 50 from 9 calls, below that on the finest coarser grid whose runs of at most 6 skips allow K:
@@ -123,14 +124,15 @@ def fine_reference(w) -> tuple[list, list]:
     return ff.EulerSampler(FINE).times.tolist(), ref.trace
 
 
-def base_grids(w) -> tuple[list, list, torch.Tensor]:
-    """Every other time and state of AB2-2T on the calibration noise, with their second-order
-    velocities: what ``BudgetSampler(target="exact")`` cuts its base-aware grids from."""
+def base_grids(w) -> tuple[list, list, list]:
+    """Times, states and second-order velocities of AB2-2T on the calibration noise: what
+    ``BudgetSampler(target="exact")`` cuts its base-aware grids from (every other state for the
+    "-grid" candidates, all 2T for the "-finegrid" ones)."""
     extras, x = calibration(w)
     fine = ff.AdamsBashforthSampler(2 * T)
     ref = fine.sample(w.velocity, x, trace=True, **extras)
     times = fine.times.tolist()
-    return times[::2], ref.trace[::2], trajectory_velocities(times, ref.trace)[::2]
+    return times, ref.trace, trajectory_velocities(times, ref.trace)
 
 
 def samplers_at(K: int, times, states, own, quick: bool) -> dict:
@@ -139,9 +141,12 @@ def samplers_at(K: int, times, states, own, quick: bool) -> dict:
     out = {"Euler": ff.EulerSampler(K), "AB2": ff.AdamsBashforthSampler(K, order=2),
            "UniPC (ours)": ff.UniPCSampler(K), "Euler, optimised grid": ff.EulerSampler(times=grid),
            "UniPC (ours), optimised grid": ff.UniPCSampler(times=grid)}
-    ot, ox, ov = own
+    ft, fx, fv = own
+    ot, ox, ov = ft[::2], fx[::2], fv[::2]
     out["AB2, its own optimised grid"] = ff.AdamsBashforthSampler(times=optimal_times(ot, ox, K, "ab2", ov))
     out["UniPC (ours), its own optimised grid"] = ff.UniPCSampler(times=optimal_times(ot, ox, K, "unipc", ov))
+    out[f"UniPC (ours), its own grid cut from {len(ft) - 1} steps"] = ff.UniPCSampler(
+        times=optimal_times(ft, fx, K, "unipc", fv))
     if not quick:
         out.update({"diffusers UniPC": DiffusersSampler("unipc", K),
                     "diffusers UniPC, optimised grid": DiffusersSampler("unipc", K, grid),

@@ -53,6 +53,9 @@ CANDIDATES = {
     "ab2-grid": "Adams-Bashforth 2 on its grid optimised along the reference run",
     "unipc-grid": "UniPC-2 with corrector on its grid optimised along the reference run",
     "unipc3-grid": "UniPC-3 with corrector on UniPC-2's optimised grid",
+    "ab2-finegrid": "Adams-Bashforth 2 on its grid optimised along the reference run's own 2T-step grid",
+    "unipc-finegrid": "UniPC-2 with corrector on its grid optimised along the reference run's 2T-step grid",
+    "unipc3-finegrid": "UniPC-3 with corrector on UniPC-2's 2T-step optimised grid",
     "plan-euler": "FastFlow plan, Euler base, extrapolation order 1 (on a coarser grid below 9 calls at T = 50)",
     "plan-ab2": "FastFlow plan, AB2 base, extrapolation order 1",
     "plan-euler-o2": "FastFlow plan, Euler base, extrapolation order 2",
@@ -60,6 +63,11 @@ CANDIDATES = {
 PLAN_BASES = {"plan-euler": ("euler", 1), "plan-ab2": ("ab2", 1), "plan-euler-o2": ("euler", 2)}
 GRID_BASES = {"euler-grid": "euler", "unipc-eulergrid": "euler", "ab2-grid": "ab2", "unipc-grid": "unipc",
               "unipc3-grid": "unipc"}
+# cut from all 2T states of the exact target's reference (AB2-2T), not every other one: a final step of 1/(2T)
+# can follow the model's jump at t = 1 (on the MNIST DiT, UniPC-2 at 20 calls: 50.0 against 45.8 dB from the
+# exact flow, 60 digits); built for the exact target where 2T <= FINE_MAX_STEPS (two-step tables cost T^3)
+FINE_BASES = {"ab2-finegrid": "ab2", "unipc-finegrid": "unipc", "unipc3-finegrid": "unipc"}
+FINE_MAX_STEPS = 100
 FLOW_START = 1e-3  # diffusers' flow sigmas start at sigma = 1 - 1/1000: UniPC's second step is then of order 2
 BUDGETS = (6, 8, 10, 12, 14, 16, 20, 25, 32, 40)  # the calls tried, in order, for a tolerance
 
@@ -204,9 +212,15 @@ class BudgetSampler(Sampler):
             return None
         T = self.steps
         runs = {self._plan_run(n, self.calls) for n in self.candidates if n in PLAN_BASES} - {None}
-        built = [n for n in self.candidates if n not in PLAN_BASES or self._plan_run(n, self.calls)]
+        built = [n for n in self.candidates if (n not in PLAN_BASES or self._plan_run(n, self.calls))
+                 and (n not in FINE_BASES or self._fine)]
         reference = 2 * T if self.target == "exact" else T
         return reference + sum(r[2] for r in runs) + T * self._needs_euler_run(runs) + self.calls * len(built)
+
+    @property
+    def _fine(self) -> bool:
+        """Whether the 2T-step grids (``FINE_BASES``) are built: the exact target, 2T <= FINE_MAX_STEPS."""
+        return self.target == "exact" and 2 * self.steps <= FINE_MAX_STEPS
 
     def _plan_run(self, name: str, K: int) -> Optional[tuple]:
         """(base, order, T') of the calibration run plan ``name`` needs for K calls (``plan_steps``),
@@ -217,9 +231,9 @@ class BudgetSampler(Sampler):
 
     # -- calibration -------------------------------------------------------------------
 
-    def _build(self, name: str, K: int, grid: Optional[tuple], tables: dict) -> Optional[Sampler]:
-        """Candidate ``name`` with K calls, or None where it cannot make exactly K; ``grid`` is the
-        reference run's (times, {base: step-error table}) for the optimised grids."""
+    def _build(self, name: str, K: int, grids: dict, tables: dict) -> Optional[Sampler]:
+        """Candidate ``name`` with K calls, or None where it cannot make exactly K; ``grids`` maps
+        "T" (and "2T" where built) to the reference run's (times, {base: step-error table})."""
         if name in PLAN_BASES:
             run = self._plan_run(name, K)
             if run is None:
@@ -231,17 +245,19 @@ class BudgetSampler(Sampler):
             except ValueError:  # no finite plan with K calls
                 return None
             return ExtrapolatedEulerSampler(steps, skip, order, base=base)
-        if name in GRID_BASES:
-            times, tables = grid
-            idx = optimal_grid(tables[GRID_BASES[name]], K)
+        if name in FINE_BASES and "2T" not in grids:
+            return None
+        if name in GRID_BASES or name in FINE_BASES:
+            times, errors = grids["2T" if name in FINE_BASES else "T"]
+            idx = optimal_grid(errors[FINE_BASES.get(name) or GRID_BASES[name]], K)
             grid = torch.as_tensor(times, dtype=torch.float64)[idx]
             if name == "euler-grid":
                 return EulerSampler(times=grid)
             if name == "unipc-eulergrid":
                 return UniPCSampler(times=grid)
-            if name == "ab2-grid":
+            if name in ("ab2-grid", "ab2-finegrid"):
                 return AdamsBashforthSampler(times=grid)
-            return UniPCSampler(times=grid, order=3 if name == "unipc3-grid" else 2)
+            return UniPCSampler(times=grid, order=3 if name.startswith("unipc3") else 2)
         if name == "ab2":
             return AdamsBashforthSampler(K)
         if name == "unipc":
@@ -250,20 +266,25 @@ class BudgetSampler(Sampler):
             return UniPCSampler(times=FLOW_START + (1 - FLOW_START) * torch.linspace(0, 1, K + 1, dtype=torch.float64))
         return EulerSampler(K)
 
-    def _grid_tables(self, times: list, states: list, bases: list, euler_states: Optional[list]) -> tuple:
-        """The T-step grid and each base's step-error table (``fastflow.optgrid``): Euler's along
-        Euler-T (``euler_states``), the two-step bases' along the reference run, Euler-T's own states
-        and velocities or AB2-2T's every other state with its second-order velocities. (On the MNIST
-        DiT, grids cut for Euler along Euler-50 serve UniPC better at 6 to 12 calls than any cut
-        along AB2-100: 32.1 against 31.3 dB at K = 6, 40.9 against 37.8 at K = 10.)"""
-        velocities = None
+    def _grid_tables(self, times: list, states: list, bases: list, fine_bases: list,
+                     euler_states: Optional[list]) -> dict:
+        """{"T": the T-step grid and each base's step-error table (``fastflow.optgrid``), "2T": the
+        same on the reference run's full grid for ``fine_bases``}: Euler's along Euler-T
+        (``euler_states``), the two-step bases' along the reference run, Euler-T's own states and
+        velocities or AB2-2T's states with its second-order velocities (every other one for "T").
+        (On the MNIST DiT, grids cut for Euler along Euler-50 serve UniPC better at 6 to 12 calls than
+        any cut along AB2-100: 32.1 against 31.3 dB at K = 6, 40.9 against 37.8 at K = 10.)"""
+        grids, velocities = {}, None
         if self.target == "exact":
-            velocities = trajectory_velocities(times, states)[::2]
-            times, states = times[::2], states[::2]
+            velocities = trajectory_velocities(times, states)
+            if fine_bases:
+                grids["2T"] = (times, {b: step_errors(times, states, b, velocities=velocities) for b in fine_bases})
+            velocities, times, states = velocities[::2], times[::2], states[::2]
         tables = {b: step_errors(times, states, b, velocities=velocities) for b in bases if b != "euler"}
         if "euler" in bases:
             tables["euler"] = step_errors(times, euler_states, "euler")
-        return times, tables
+        grids["T"] = (times, tables)
+        return grids
 
     def _needs_euler_run(self, runs: set) -> bool:
         """Whether Euler's grids need an Euler-T run of their own: with the exact target, unless the
@@ -281,7 +302,8 @@ class BudgetSampler(Sampler):
         T, calls = self.steps, 0
         ref_sampler = AdamsBashforthSampler(2 * T) if self.target == "exact" else EulerSampler(T)
         bases = sorted({GRID_BASES[n] for n in self.candidates if n in GRID_BASES})
-        ref = ref_sampler.sample(velocity, x_init, trace=bool(bases), **kwargs)
+        fine_bases = sorted({FINE_BASES[n] for n in self.candidates if n in FINE_BASES}) if self._fine else []
+        ref = ref_sampler.sample(velocity, x_init, trace=bool(bases or fine_bases), **kwargs)
         calls += ref.nfe
         euler_states = ref.trace if self.target == "euler" else None
 
@@ -304,13 +326,14 @@ class BudgetSampler(Sampler):
             euler = EulerSampler(T).sample(velocity, x_init, trace=True, **kwargs)
             calls += euler.nfe
             euler_states = euler.trace
-        grid = self._grid_tables(ref_sampler.times.tolist(), ref.trace, bases, euler_states) if bases else None
+        grids = (self._grid_tables(ref_sampler.times.tolist(), ref.trace, bases, fine_bases, euler_states)
+                 if bases or fine_bases else {})
 
         tried = {}
         for K in budgets:
             devs, results, built = {}, {}, {}
             for name in self.candidates:
-                sampler = self._build(name, K, grid, tables)
+                sampler = self._build(name, K, grids, tables)
                 if sampler is None:
                     devs[name] = None
                     continue

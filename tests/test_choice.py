@@ -25,8 +25,8 @@ def calibrated():
 def test_calibration_makes_the_calls_it_announces_then_k_per_run(calibrated):
     flow, x0, s, before, made, first = calibrated
     # AB2-48 reference, three plan bases of 24 calls, every candidate once with 10 calls
-    assert len(ff.choice.CANDIDATES) == 12
-    assert before == made == first.nfe == 2 * 24 + 3 * 24 + 12 * 10
+    assert len(ff.choice.CANDIDATES) == 15
+    assert before == made == first.nfe == 2 * 24 + 3 * 24 + 15 * 10
     assert s.expected_calls() == 10 and first.info["calibration_run"] and s.choice["calibration_calls"] == made
     counted = Counted(flow)
     later = s.sample(counted, noise(32, 2, 2))
@@ -161,6 +161,38 @@ def test_euler_grids_are_cut_along_euler_t_at_no_extra_cost_when_the_euler_plan_
     run = ff.EulerSampler(20).sample(flow, x0, trace=True)
     grid = optimal_times(ff.EulerSampler(20).times.tolist(), run.trace, 8)
     ab2 = ff.AdamsBashforthSampler(40)
-    tables = alone._grid_tables(ab2.times.tolist(), ab2.sample(flow, x0, trace=True).trace, ["euler"], run.trace)
-    cand = alone._build("euler-grid", 8, tables, {})
+    grids = alone._grid_tables(ab2.times.tolist(), ab2.sample(flow, x0, trace=True).trace, ["euler"], [], run.trace)
+    assert set(grids) == {"T"}
+    cand = alone._build("euler-grid", 8, grids, {})
     assert torch.allclose(cand.times, grid)
+
+
+def test_fine_grids_are_cut_along_all_2t_reference_states_at_no_extra_cost():
+    flow, x0 = sharp_mixture(), noise(32, 2, 11)
+    s = BudgetSampler(12, calls=6, candidates=["ab2-finegrid", "unipc-finegrid", "unipc3-finegrid"])
+    counted = Counted(flow)
+    # AB2-24 reference, the three fine candidates and the Euler-6 floor
+    assert s.expected_calls() == 24 + 4 * 6
+    s.sample(counted, x0)
+    assert counted.calls == 24 + 4 * 6
+    # the grid is the optimal cut of the AB2-24 reference's own 24-step grid, not of every other state
+    from fastflow.optgrid import optimal_grid, step_errors, trajectory_velocities
+    ref = ff.AdamsBashforthSampler(24)
+    times = ref.times.tolist()
+    trace = ref.sample(flow, x0, trace=True).trace
+    errors = step_errors(times, trace, "unipc", velocities=trajectory_velocities(times, trace))
+    expected = torch.as_tensor(times, dtype=torch.float64)[optimal_grid(errors, 6)]
+    grids = s._grid_tables(times, trace, [], ["unipc"], None)
+    assert torch.allclose(s._build("unipc-finegrid", 6, grids, {}).times, expected)
+    assert torch.allclose(s._build("unipc3-finegrid", 6, grids, {}).times, expected)
+
+
+@pytest.mark.parametrize("kwargs", [dict(steps=12, target="euler"), dict(steps=51, target="exact")])
+def test_fine_grids_are_left_out_for_the_euler_target_and_past_100_reference_steps(kwargs):
+    flow, x0 = sharp_mixture(), noise(8, 2, 12)
+    s = BudgetSampler(calls=6, candidates=["ab2", "ab2-finegrid"], **kwargs)
+    reference = kwargs["steps"] * (2 if kwargs["target"] == "exact" else 1)
+    counted = Counted(flow)
+    assert s.expected_calls() == reference + 2 * 6  # AB2-6 and the Euler-6 floor
+    s.sample(counted, x0)
+    assert counted.calls == reference + 2 * 6 and s.choice["deviations"]["6"]["ab2-finegrid"] is None
