@@ -20,6 +20,8 @@ spread (max - min) of Euler-50's FD over them is the yardstick of every FD diffe
     python benchmarks/quality.py                                  # both models; see docs/results.md for times
     python benchmarks/quality.py --models fashion-mnist --n 2000  # one model, merged into the JSON
     python benchmarks/quality.py --n 300 --budgets 10 50 --quick  # a smoke run
+    python benchmarks/quality.py --replot results/quality.json results/quality_mnist_quick.json \
+        --plot results/quality_datasets.png                       # one figure from saved runs, no sampling
 
 Writes results/quality.json (one entry per model, merged with what the file holds) and
 results/quality.png (FD and accuracy against calls, one panel per dataset).
@@ -231,6 +233,8 @@ def best_per_budget(rows: list[dict], budgets) -> dict:
 
 
 def main(args) -> dict:
+    if args.replot:
+        return replot(args.replot, args.plot)
     with torch.no_grad():  # scoped: a caller's autograd state is left as it was
         return measure(args)
 
@@ -258,6 +262,27 @@ def measure(args) -> dict:
     return out
 
 
+def replot(paths: list, plot_path: str) -> dict:
+    """Plot the models of several saved runs side by side, one panel per dataset; a dataset held by
+    two files is refused, since the figure would show only one of them."""
+    check_writable(plot_path, "--plot")
+    if any(os.path.abspath(plot_path) == os.path.abspath(p) for p in paths):
+        raise ValueError(f"--plot {plot_path} is one of the --replot files: it would be overwritten by the figure")
+    out = {"models": {}}
+    for path in paths:
+        try:
+            with open(path) as f:
+                models = json.load(f)["models"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--replot {path}: not a results file of this benchmark ({e})") from None
+        for name, res in models.items():
+            if name in out["models"]:
+                raise ValueError(f"--replot: {name} is in more than one file ({path} and an earlier one)")
+            out["models"][name] = res
+    plot(out, plot_path)
+    return out
+
+
 def print_table(dataset: str, res: dict) -> None:
     print(f"\n{dataset}: {res['model']}, guidance {res['cfg']:g}, {res['n']} samples "
           f"(PSNR vs exact on {res['psnr_n']}), {res['seconds'] / 60:.1f} min")
@@ -278,14 +303,16 @@ def plot(out: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(out["models"])
+    # one colour per sampler family across every panel
+    colour = {f: f"C{i % 10}" for i, f in enumerate(dict.fromkeys(
+        r["family"] for name in names for r in out["models"][name]["rows"]))}
     fig, ax = plt.subplots(2, len(names), figsize=(7.5 * len(names), 9), squeeze=False)
     for j, name in enumerate(names):
         res = out["models"][name]
-        families = list(dict.fromkeys(r["family"] for r in res["rows"]))
-        for i, fam in enumerate(families):
+        for fam in dict.fromkeys(r["family"] for r in res["rows"]):
             rows = sorted((r for r in res["rows"] if r["family"] == fam), key=lambda r: r["calls"])
             style = "-o" if len(rows) > 1 else "*"
-            kw = dict(color=f"C{i % 10}", label=fam, markersize=6 if len(rows) > 1 else 12)
+            kw = dict(color=colour[fam], label=fam, markersize=6 if len(rows) > 1 else 12)
             ax[0, j].plot([r["calls"] for r in rows], [r["fd"] for r in rows], style, **kw)
             ax[1, j].plot([r["calls"] for r in rows], [100 * r["accuracy"] for r in rows], style, **kw)
         e50 = next((r for r in res["rows"] if r["label"] == f"Euler-{res['steps']}"), None)
@@ -323,6 +350,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="Euler, AB2, the plan and the default only (smoke run)")
     p.add_argument("--out-json", default="results/quality.json")
     p.add_argument("--plot", default="results/quality.png")
+    p.add_argument("--replot", nargs="+", metavar="JSON", help="only plot these saved runs together into --plot")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.steps not in args.budgets:

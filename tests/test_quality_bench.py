@@ -74,3 +74,35 @@ def test_the_budgets_must_include_the_reference_steps(capsys):
     with pytest.raises(SystemExit):
         quality.parse_args(["--budgets", "10", "20"])
     assert "--budgets must include --steps (50)" in capsys.readouterr().err
+
+
+def saved_run(path, dataset, fd):
+    res = {"model": dataset, "cfg": 1.0, "n": 10, "steps": 50,
+           "rows": [row("Euler-50", 50, fd, fds=[fd, fd + 0.1]), row("AB2-10", 10, fd + 1)]}
+    with open(path, "w") as f:
+        json.dump({"models": {dataset: res}}, f)
+    return res
+
+
+def test_replot_puts_saved_runs_side_by_side_without_sampling(tmp_path):
+    a = saved_run(tmp_path / "a.json", "fashion-mnist", 3.0)
+    b = saved_run(tmp_path / "b.json", "mnist", 4.0)
+    fig = tmp_path / "both.png"
+    out = quality.main(quality.parse_args(["--replot", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                           "--plot", str(fig)]))
+    assert out["models"] == {"fashion-mnist": a, "mnist": b}
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_replot_refuses_a_dataset_in_two_files_and_a_figure_over_its_input(tmp_path):
+    saved_run(tmp_path / "a.json", "mnist", 3.0)
+    saved_run(tmp_path / "b.json", "mnist", 4.0)
+    with pytest.raises(ValueError, match="mnist is in more than one file"):
+        quality.replot([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(tmp_path / "x.png"))
+    before = (tmp_path / "a.json").read_bytes()
+    with pytest.raises(ValueError, match="is one of the --replot files"):
+        quality.replot([str(tmp_path / "a.json")], str(tmp_path / "a.json"))
+    assert (tmp_path / "a.json").read_bytes() == before
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ValueError, match="not a results file"):
+        quality.replot([str(tmp_path / "bad.json")], str(tmp_path / "x.png"))
