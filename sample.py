@@ -209,7 +209,8 @@ def sample_and_time(args) -> dict:
         if isinstance(sampler, ff.choice.BudgetSampler):  # what the replays chose, and what it cost
             row.update(choice=sampler.choice["name"], calls_target=sampler.choice["calls"],
                        choice_deviation=sampler.choice["deviation"],
-                       calibration_calls=sampler.choice["calibration_calls"])
+                       calibration_calls=sampler.choice["calibration_calls"],
+                       grid_tuning_replays=(sampler.choice.get("refined") or {}).get("replays", 0))
         elif calibrates(sampler):
             row.update(policy=sampler.policy_name, calls_target=sampler.calls_target, mu=sampler.mu)
         if "refiner_calls" in run.results[0].info:  # FlowTurbo
@@ -314,7 +315,8 @@ def timing_notes(comparison: Comparison, samples: int, calibration: dict, args, 
         if row is not None:  # the budget choice: its reference run, plan calibrations and replays
             lines.append(f"calibration of {name}: {seconds:.2f} s, {row['calibration_calls']} model calls on "
                          f"{args.warmup_batch_size} samples of other noise (reference run, plan calibrations, one "
-                         f"replay per candidate); chose {row['choice']}: paid once per model and setting")
+                         f"replay per candidate, {row['grid_tuning_replays']} replays tuning the grid); chose "
+                         f"{row['choice']}: paid once per model and setting")
             continue
         lines.append(f"calibration of {name}: {seconds:.2f} s (a full {args.steps}-step run on {args.warmup_batch_size} "
                      f"samples of other noise, and a learning policy's warm-up batches): paid once per model and "

@@ -15,12 +15,13 @@ namespaces: ``fastflow.plan`` (optimal plans), ``fastflow.policy`` (live policie
 ``fastflow.checks``, ``fastflow.metrics``, ``fastflow.toy``, ``fastflow.distributed``,
 ``fastflow.adapters``, ``fastflow.caching`` (TeaCache, TaylorSeer, static schedules),
 ``fastflow.editing`` (partial generation, inversion, FlowEdit), ``fastflow.choice`` (the best
-sampler for a budget of K calls, chosen by replay; ``make_sampler("best", calls=K)``).
+sampler for a budget of K calls, chosen by replay; ``make_sampler("best", calls=K)``), ``fastflow.optgrid``
+(time grids cut by dynamic programming) and ``fastflow.gridrefine`` (time grids tuned by replays).
 """
 __version__ = "0.2.0"
 
-from . import (adapters, bandit, caching, checks, choice, controller, distributed, editing, errors, extrapolate, grids,
-               metrics, persist, plan, policy, specs, toy)
+from . import (adapters, bandit, caching, checks, choice, controller, distributed, editing, errors, extrapolate,
+               gridrefine, grids, metrics, optgrid, persist, plan, policy, specs, toy)
 from .adapters import adapt
 from .caching import TaylorSeerSampler, TeaCacheSampler
 from .fastflow import ExtrapolatedEulerSampler, FastFlowSampler, extrapolated_euler

@@ -35,7 +35,8 @@ def sampler_settings(name: str, args, refiner=None) -> dict:
         return dict(steps=args.steps, calls=args.calls, tolerance=args.tolerance, policy=policy,
                     extrapolation_order=args.order, base=args.base)
     if name == "best":  # fastflow.choice.BudgetSampler; target: the exact flow
-        return dict(steps=args.steps, calls=args.calls, tolerance=None if args.calls else (args.tolerance or 0.02))
+        return dict(steps=args.steps, calls=args.calls, tolerance=None if args.calls else (args.tolerance or 0.02),
+                    refine=args.refine)
     own = {"teacache": dict(threshold=args.threshold), "taylorseer": dict(interval=args.interval),
            "static": dict(order=args.order)}
     return dict(steps=args.steps, **own.get(name, {}))
@@ -192,6 +193,9 @@ def build_parser(prog: str = "sample.py", description: str | None = None) -> One
                    help="update the velocities feed: euler (the paper's; reproduces Euler-T) or ab2 (second "
                         "order; closer to the exact flow at equal calls)")
     g.add_argument("--bandit", choices=sorted(ff.bandit.BANDITS), default=None, help="paper policy's bandit (ucb1)")
+    g.add_argument("--refine", type=nonnegative_int, default=ff.choice.REFINE_EVALS,
+                   help="--sampler best: most replays (K calls each, on the calibration batch) spent tuning the "
+                        "chosen grid's times; 0: none")
     g.add_argument("--warmup", type=nonnegative_int, default=10,
                    help="FastFlow's calibration and learning-policy warm-up batches on other noise (not a "
                         "learning-rate warm-up: train.py calls that --lr-warmup)")

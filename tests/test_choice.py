@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def calibrated():
     flow, x0 = sharp_mixture(), noise(64, 2, 1)
-    s = BudgetSampler(24, calls=10)
+    s = BudgetSampler(24, calls=10, refine=0)  # the candidates alone; the grid tuning is tested below
     before = s.expected_calls()
     counted = Counted(flow)
     first = s.sample(counted, x0)
@@ -67,13 +67,13 @@ def test_state_round_trip_and_refusals(calibrated, tmp_path):
     flow, x0, s, _, _, _ = calibrated
     path = tmp_path / "choice.json"
     s.save_state(path)
-    again = BudgetSampler(24, calls=10)
+    again = BudgetSampler(24, calls=10, refine=0)
     again.load_state(path)
     assert again.choice == s.choice and torch.equal(again.sample(flow, x0).x, s.freeze().sample(flow, x0).x)
     with pytest.raises(ValueError, match="choice was made with target='exact', this sampler has target='euler'"):
-        BudgetSampler(24, calls=10, target="euler").load_state(path)
+        BudgetSampler(24, calls=10, target="euler", refine=0).load_state(path)
     with pytest.raises(ValueError, match="choice was made with calls=10, this sampler has calls=12"):
-        BudgetSampler(24, calls=12).load_state(path)
+        BudgetSampler(24, calls=12, refine=0).load_state(path)
     for sampler in (ff.EulerSampler(5), ff.AdamsBashforthSampler(6), ff.UniPCSampler(7, order=3), s.freeze()):
         rebuilt = rebuild(describe(sampler))
         assert type(rebuilt) is type(sampler) and torch.equal(rebuilt.sample(flow, x0).x, sampler.sample(flow, x0).x)
@@ -87,6 +87,8 @@ def test_state_round_trip_and_refusals(calibrated, tmp_path):
     (dict(tolerance=0.0), "tolerance must be > 0"),
     (dict(calls=8, target="heun"), "unknown target 'heun'"),
     (dict(calls=8, candidates=["dpm"]), "unknown candidates"),
+    (dict(calls=8, refine=-1), "refine must be a non-negative int, got -1"),
+    (dict(calls=8, refine=2.5), "refine must be a non-negative int, got 2.5"),
 ])
 def test_bad_settings_are_refused_before_any_call(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -115,7 +117,7 @@ def test_sample_py_runs_the_choice_at_k_calls(tmp_path):
     import subprocess
     import sys
     report = tmp_path / "r.json"
-    cmd = [sys.executable, "sample.py", "--sampler", "best", "--calls", "8", "--n", "4", "--batch-size", "4",
+    cmd = [sys.executable, "sample.py", "--sampler", "best", "--calls", "8", "--refine", "5", "--n", "4", "--batch-size", "4",
            "--warmup-batch-size", "4", "--timing-rounds", "1", "--timing-samples", "2", "--threads", "1", "--quiet",
            "--out", str(tmp_path / "g.png"), "--report-json", str(report)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -128,7 +130,7 @@ def test_sample_py_runs_the_choice_at_k_calls(tmp_path):
 
 def test_plans_reach_6_calls_at_t_50_on_a_coarser_grid_and_cost_what_was_announced():
     flow, x0 = sharp_mixture(), noise(64, 2, 7)
-    s = BudgetSampler(50, calls=6, candidates=["plan-euler", "plan-ab2", "plan-euler-o2"])
+    s = BudgetSampler(50, calls=6, candidates=["plan-euler", "plan-ab2", "plan-euler-o2"], refine=0)
     assert [s._plan_run(n, 6) for n in ("plan-euler", "plan-ab2", "plan-euler-o2")] == [
         ("euler", 1, 30), ("ab2", 1, 30), ("euler", 2, 24)]
     assert s._plan_run("plan-euler", 8) == ("euler", 1, 44) and s._plan_run("plan-euler", 9) == ("euler", 1, 50)
@@ -149,8 +151,8 @@ def test_plans_reach_6_calls_at_t_50_on_a_coarser_grid_and_cost_what_was_announc
 
 def test_euler_grids_are_cut_along_euler_t_at_no_extra_cost_when_the_euler_plan_runs_it():
     flow, x0 = sharp_mixture(), noise(32, 2, 9)
-    alone = BudgetSampler(20, calls=8, candidates=["euler-grid", "unipc-eulergrid"])
-    with_plan = BudgetSampler(20, calls=8, candidates=["euler-grid", "plan-euler"])
+    alone = BudgetSampler(20, calls=8, candidates=["euler-grid", "unipc-eulergrid"], refine=0)
+    with_plan = BudgetSampler(20, calls=8, candidates=["euler-grid", "plan-euler"], refine=0)
     for s, expected in ((alone, 40 + 20 + 3 * 8), (with_plan, 40 + 20 + 3 * 8)):
         counted = Counted(flow)
         assert s.expected_calls() == expected
@@ -169,7 +171,7 @@ def test_euler_grids_are_cut_along_euler_t_at_no_extra_cost_when_the_euler_plan_
 
 def test_fine_grids_are_cut_along_all_2t_reference_states_at_no_extra_cost():
     flow, x0 = sharp_mixture(), noise(32, 2, 11)
-    s = BudgetSampler(12, calls=6, candidates=["ab2-finegrid", "unipc-finegrid", "unipc3-finegrid"])
+    s = BudgetSampler(12, calls=6, candidates=["ab2-finegrid", "unipc-finegrid", "unipc3-finegrid"], refine=0)
     counted = Counted(flow)
     # AB2-24 reference, the three fine candidates and the Euler-6 floor
     assert s.expected_calls() == 24 + 4 * 6
@@ -190,9 +192,62 @@ def test_fine_grids_are_cut_along_all_2t_reference_states_at_no_extra_cost():
 @pytest.mark.parametrize("kwargs", [dict(steps=12, target="euler"), dict(steps=51, target="exact")])
 def test_fine_grids_are_left_out_for_the_euler_target_and_past_100_reference_steps(kwargs):
     flow, x0 = sharp_mixture(), noise(8, 2, 12)
-    s = BudgetSampler(calls=6, candidates=["ab2", "ab2-finegrid"], **kwargs)
+    s = BudgetSampler(calls=6, candidates=["ab2", "ab2-finegrid"], refine=0, **kwargs)
     reference = kwargs["steps"] * (2 if kwargs["target"] == "exact" else 1)
     counted = Counted(flow)
     assert s.expected_calls() == reference + 2 * 6  # AB2-6 and the Euler-6 floor
     s.sample(counted, x0)
     assert counted.calls == reference + 2 * 6 and s.choice["deviations"]["6"]["ab2-finegrid"] is None
+
+
+@pytest.fixture(scope="module")
+def tuned():
+    """The same choice as ``calibrated``, its winner's grid then tuned by replays."""
+    flow, x0 = sharp_mixture(), noise(64, 2, 1)
+    s = BudgetSampler(24, calls=10)
+    assert s.expected_calls() is None  # the tuning's replays depend on what it finds
+    counted = Counted(flow)
+    first = s.sample(counted, x0)
+    return flow, x0, s, counted.calls, first
+
+
+def test_the_winners_grid_is_tuned_by_replays_that_are_counted(calibrated, tuned):
+    flow, x0, plain, _, _, _ = calibrated
+    _, _, s, made, first = tuned
+    tuning = s.choice["refined"]
+    assert s.refine == ff.choice.REFINE_EVALS and plain.choice["refined"] is None
+    assert s.choice["name"] == plain.choice["name"] and tuning["deviation_before"] == plain.choice["deviation"]
+    # every replay is K calls on the calibration batch, on top of what the choice alone made
+    assert 1 <= tuning["replays"] <= s.refine and tuning["calls"] == 10 * tuning["replays"]
+    assert made == first.nfe == s.choice["calibration_calls"] == plain.choice["calibration_calls"] + tuning["calls"]
+    # the tuned grid is measured, not planned: its replay is the deviation reported, and lower
+    ref = ff.AdamsBashforthSampler(48).sample(flow, x0).x
+    assert deviation(first.x, ref) == pytest.approx(s.choice["deviation"], rel=1e-12)
+    assert s.choice["deviation"] < tuning["deviation_before"]
+    assert torch.equal(s.freeze().sample(flow, x0).x, first.x)
+    old, new = plain.freeze().times, s.freeze().times
+    assert type(s.freeze()) is type(plain.freeze()) and len(new) == len(old) == 11
+    assert new[0] == old[0] and new[-1] == old[-1] and bool((new[1:] > new[:-1]).all()) and not torch.equal(new, old)
+    counted = Counted(flow)
+    assert s.sample(counted, noise(8, 2, 2)).nfe == counted.calls == 10
+
+
+def test_a_tuned_choice_round_trips_and_is_refused_by_other_tuning_settings(tuned, tmp_path):
+    flow, x0, s, _, _ = tuned
+    path = tmp_path / "tuned.json"
+    s.save_state(path)
+    again = BudgetSampler(24, calls=10)
+    again.load_state(path)
+    assert torch.equal(again.freeze().times, s.freeze().times) and again.choice == s.choice
+    with pytest.raises(ValueError, match="choice was made with refine=100, this sampler has refine=0"):
+        BudgetSampler(24, calls=10, refine=0).load_state(path)
+
+
+def test_skip_plans_are_not_tuned():
+    flow, x0 = sharp_mixture(), noise(32, 2, 5)
+    s = BudgetSampler(24, calls=16, target="euler", candidates=["plan-euler"])
+    counted = Counted(flow)
+    s.sample(counted, x0)
+    assert s.choice["name"] == "plan-euler"  # against Euler-24 the plan beats Euler-16 here by 7x
+    # Euler-24 reference, the plan's Euler-24 calibration run, two replays of 16 calls: nothing more
+    assert s.choice["refined"] is None and counted.calls == 24 + 24 + 2 * 16

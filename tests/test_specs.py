@@ -90,7 +90,7 @@ def test_the_order_alias_and_the_paper_configuration():
 
 def build(name, steps=12):
     settings = {"flowturbo": dict(heun=3, pseudo=2), "static": dict(steps=steps, order=2),
-                "fastflow": dict(steps=steps, calls=8), "best": dict(steps=steps, calls=6)}.get(name, dict(steps=steps))
+                "fastflow": dict(steps=steps, calls=8), "best": dict(steps=steps, calls=6, refine=0)}.get(name, dict(steps=steps))
     return ff.make_sampler(name, **settings)
 
 
