@@ -11,7 +11,7 @@
 # t_k = k / T. Here every run uses the same 20 noise images and the labels 0..9 twice, no guidance
 # (`cfg_scale=1`). Images live in [-1, 1]; PSNR is per image with peak-to-peak 2, averaged over the 20 digits.
 #
-# Built from `notebooks/image_model.py` by `python notebooks/build.py image_model` (about 2 minutes on 2 CPU
+# Built from `notebooks/image_model.py` by `python notebooks/build.py image_model` (about 3 minutes on 2 CPU
 # cores); `tests/test_notebooks.py` runs it again and checks that the saved outputs are current.
 
 # %%
@@ -229,7 +229,7 @@ assert db(heun100, exact) > max(v[1] for vals in scores.values() for v in vals) 
 # from the first ten of the same noises and labels (one garment of each class). Beside the four samplers above:
 # the budget choice `ff.choice.BudgetSampler` (`make_sampler("best", calls=K)`), which replays every K-call
 # candidate it can build (uniform and optimised grids for Euler, AB2 and UniPC, skip plans on three bases) on the
-# calibration noise and keeps the one closest to the exact flow.
+# calibration noise, keeps the one closest to the exact flow and tunes its time grid by more replays.
 
 # %%
 f_model, f_config, _ = load_model("checkpoints/dit_fashion.pt", device=device)
