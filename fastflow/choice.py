@@ -75,7 +75,7 @@ FINE_MAX_STEPS = 100
 FLOW_START = 1e-3  # diffusers' flow sigmas start at sigma = 1 - 1/1000: UniPC's second step is then of order 2
 BUDGETS = (6, 8, 10, 12, 14, 16, 20, 25, 32, 40)  # the calls tried, in order, for a tolerance
 # replays spent tuning the chosen grid's times on the calibration batch (fastflow.gridrefine): on the MNIST DiT,
-# 60 digits of other noise, UniPC-2 at 12 calls went from 41.3 to 45.7 dB from the exact flow, at 8 from 37.5 to 38.2
+# 60 digits of other noise, the choice at 12 calls went from 41.3 to 45.4 dB from the exact flow, at 8 from 37.5 to 39.0
 REFINE_EVALS = 100
 
 
@@ -169,8 +169,9 @@ class BudgetSampler(Sampler):
 
     ``choice`` (after calibration): ``name``, ``calls``, ``target``, ``deviation`` of the chosen
     candidate, ``deviations`` ({name: d or None where it cannot make K calls} for each K tried),
-    ``calibration_calls``, ``sampler`` (``describe``) and ``refined`` (None, or the tuning's
-    ``replays``, ``calls`` and the ``deviation_before`` it); ``freeze()`` gives the chosen sampler.
+    ``calibration_calls``, ``sampler`` (``describe``) and ``refined`` (None where nothing was tuned:
+    a plan won, or ``refine=0``; else the tuning's ``replays``, ``calls`` and the ``deviation_before``
+    it, equal to ``deviation`` where no move helped); ``freeze()`` gives the chosen sampler.
 
     Raises:
         ValueError: for a T that is not an int >= 4, both or neither of ``calls`` and
@@ -376,7 +377,7 @@ class BudgetSampler(Sampler):
     def _tune(self, chosen: Sampler, out: SampleResult, d0: float, ref: torch.Tensor, velocity, x_init,
               trace: bool, kwargs: dict) -> tuple:
         """``chosen`` with its interior times tuned by ``refine_times`` against ``ref``: (sampler, its
-        replay, the ``refined`` record with the new deviation, or None where no move helped, calls made)."""
+        replay, the ``refined`` record with the deviation after it, calls made)."""
         desc, best, made = describe(chosen), {"out": out, "d": d0}, 0
 
         def replay(times):
@@ -389,9 +390,9 @@ class BudgetSampler(Sampler):
             return d
 
         tuned = refine_times(chosen.times, replay, self.refine, start_deviation=d0)
-        if not tuned.deviation < d0:
-            return chosen, out, None, made
         record = {"replays": tuned.evals, "calls": made, "deviation_before": d0, "deviation": tuned.deviation}
+        if not tuned.deviation < d0:  # no move helped: the replays were spent, the grid stays
+            return chosen, out, record, made
         return rebuild({**desc, "times": tuned.times.tolist()}), best["out"], record, made
 
     def sample(self, velocity, x_init: torch.Tensor, **kwargs) -> SampleResult:

@@ -251,3 +251,15 @@ def test_skip_plans_are_not_tuned():
     assert s.choice["name"] == "plan-euler"  # against Euler-24 the plan beats Euler-16 here by 7x
     # Euler-24 reference, the plan's Euler-24 calibration run, two replays of 16 calls: nothing more
     assert s.choice["refined"] is None and counted.calls == 24 + 24 + 2 * 16
+
+
+def test_a_tuning_that_finds_nothing_still_counts_its_replays():
+    """Euler-8 against Euler-8 deviates 0: no move can help, the replays are still paid and reported."""
+    flow, x0 = sharp_mixture(), noise(16, 2, 3)
+    s = BudgetSampler(8, calls=8, target="euler", candidates=["ab2"], refine=5)
+    counted = Counted(flow)
+    s.sample(counted, x0)
+    tuning = s.choice["refined"]
+    assert s.choice["name"] == "euler" and s.choice["deviation"] == tuning["deviation_before"] == 0.0
+    assert tuning["replays"] == 5 and counted.calls == 8 + 2 * 8 + 5 * 8 == s.choice["calibration_calls"]
+    assert torch.equal(s.freeze().times, ff.EulerSampler(8).times)
