@@ -132,3 +132,33 @@ def test_a_model_reusing_its_output_buffer_is_refused():
     flow = mixture()
     with pytest.raises(ValueError, match="reused output buffer"):
         UniPCSampler(6).sample(lambda x, t: buffer.copy_(flow(x, t)), noise(4, 2))
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_a_chosen_grid_handed_to_diffusers_as_sigmas_is_the_chosen_sampler():
+    """What a pipeline with a UniPC scheduler can take from ``fastflow.choice``: its tuned grid as
+    ``set_timesteps(sigmas=1 - times[:-1])``. diffusers moves sigma = 1 to 1 - 1e-6 (t = 1e-6); on
+    that start the two agree to float32 rounding, and from t = 0 the choice differs by UniPC's
+    first-order second step there (module docstring of fastflow.unipc)."""
+    flow, calib, x0 = mixture(), noise(256, 2, 5), noise(256, 2, 6)
+    s = ff.make_sampler("best", steps=20, calls=8, candidates=["unipc-grid"], refine=30)
+    s.sample(flow, calib)
+    chosen = s.freeze()
+    assert isinstance(chosen, UniPCSampler) and s.choice["refined"]["replays"] > 0
+    times = chosen.times
+    sched = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                              solver_type="bh2", solver_order=2, flow_shift=1.0)
+    sched.set_timesteps(len(times) - 1, sigmas=(1 - times[:-1]).numpy())
+    assert torch.allclose(1 - sched.sigmas[1:].double(), times[1:], atol=1e-7) and sched.sigmas[0] == 1 - 1e-6
+    x = x0.float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, timestep in enumerate(sched.timesteps):
+            t = (1 - sched.sigmas[i].double()).expand(x.shape[0])
+            x = sched.step(-flow(x.double(), t).float(), timestep, x).prev_sample
+    on_their_start = UniPCSampler(times=1 - sched.sigmas.double()).sample(flow, x0).x
+    assert rel(on_their_start, x.double()) < 1e-5
+    assert rel(chosen.sample(flow, x0).x, x.double()) < 1e-3  # measured 1.5e-7 and 9.5e-5
