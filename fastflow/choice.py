@@ -361,13 +361,13 @@ class BudgetSampler(Sampler):
         else:
             warnings.warn(f"no candidate reaches tolerance {self.tolerance:g} within {T} calls; the best at {T} "
                           f"calls deviates {devs[best]:.3g}", RuntimeWarning, stacklevel=2)
-        chosen, out, refined = built[best], results[best], None
+        chosen, out, chosen_dev, refined = built[best], results[best], devs[best], None
         if self.refine and not isinstance(chosen, ExtrapolatedEulerSampler) and len(chosen.times) > 2:
-            chosen, out, refined, made = self._tune(chosen, out, devs[best], ref.x, velocity, x_init, trace, kwargs)
-            calls += made
+            chosen, out, chosen_dev, refined = self._tune(chosen, out, chosen_dev, ref.x, velocity, x_init, trace,
+                                                          kwargs)
+            calls += refined["calls"]
         self.chosen = chosen
-        self.choice = {"name": best, "calls": K, "target": self.target,
-                       "deviation": devs[best] if refined is None else refined.pop("deviation"),
+        self.choice = {"name": best, "calls": K, "target": self.target, "deviation": chosen_dev,
                        "deviations": {str(k): v for k, v in tried.items()}, "calibration_calls": calls,
                        "sampler": describe(self.chosen), "refined": refined}
         return SampleResult(x=out.x, nfe=calls, skipped=out.skipped, trace=out.trace,
@@ -376,24 +376,24 @@ class BudgetSampler(Sampler):
 
     def _tune(self, chosen: Sampler, out: SampleResult, d0: float, ref: torch.Tensor, velocity, x_init,
               trace: bool, kwargs: dict) -> tuple:
-        """``chosen`` with its interior times tuned by ``refine_times`` against ``ref``: (sampler, its
-        replay, the ``refined`` record with the deviation after it, calls made)."""
-        desc, best, made = describe(chosen), {"out": out, "d": d0}, 0
+        """``chosen`` with its interior times tuned by ``refine_times`` against ``ref``: (the best
+        sampler replayed, its replay, its deviation, the ``refined`` record); ``chosen`` itself where
+        no move helped."""
+        desc, best, made = describe(chosen), {"sampler": chosen, "out": out, "d": d0}, 0
 
         def replay(times):
             nonlocal made
-            res = rebuild({**desc, "times": times.tolist()}).sample(velocity, x_init, trace=trace, **kwargs)
+            sampler = rebuild({**desc, "times": times.tolist()})
+            res = sampler.sample(velocity, x_init, trace=trace, **kwargs)
             made += res.nfe
             d = deviation(res.x, ref)
-            if d < best["d"]:
-                best.update(out=res, d=d)
+            if d < best["d"]:  # the same strict test refine_times keeps its best by
+                best.update(sampler=sampler, out=res, d=d)
             return d
 
         tuned = refine_times(chosen.times, replay, self.refine, start_deviation=d0)
-        record = {"replays": tuned.evals, "calls": made, "deviation_before": d0, "deviation": tuned.deviation}
-        if not tuned.deviation < d0:  # no move helped: the replays were spent, the grid stays
-            return chosen, out, record, made
-        return rebuild({**desc, "times": tuned.times.tolist()}), best["out"], record, made
+        return best["sampler"], best["out"], best["d"], {"replays": tuned.evals, "calls": made,
+                                                         "deviation_before": d0}
 
     def sample(self, velocity, x_init: torch.Tensor, **kwargs) -> SampleResult:
         """Calibrate on the first call (``calibrate``), then run the chosen sampler (K calls).

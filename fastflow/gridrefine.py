@@ -24,6 +24,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
+from . import checks
+
 __all__ = ["Refined", "refine_times"]
 
 
@@ -64,8 +66,7 @@ def refine_times(times: Sequence[float] | torch.Tensor, deviation: Callable[[tor
     grid = torch.as_tensor(times, dtype=torch.float64).detach().clone().flatten()
     if grid.numel() < 2 or not torch.isfinite(grid).all() or not (grid[1:] > grid[:-1]).all():
         raise ValueError(f"times must be at least 2 finite, strictly increasing values, got {grid.tolist()}")
-    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
-        raise ValueError(f"max_evals must be an int >= 1, got {max_evals!r}")
+    checks.int_in("max_evals", max_evals, 1)
     if not 0 < step < 1 or not 0 < min_step <= step:
         raise ValueError(f"need 0 < min_step <= step < 1, got step={step!r}, min_step={min_step!r}")
     if start_deviation is None:

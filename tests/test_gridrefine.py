@@ -33,8 +33,8 @@ def test_the_budget_of_evaluations_is_never_exceeded_and_the_start_is_kept_when_
     d = Recorder([0.0, 0.3, 1.0])
     out = refine_times([0.0, 0.3, 1.0], d, max_evals=7)
     assert out.evals == len(d.asked) == 7 and out.deviation == 0.0 and out.times.tolist() == [0.0, 0.3, 1.0]
-    # with the start's deviation given, it is not measured again: the two moves per halving of s
-    # from 1/4 down to 1/64 (4 sweeps), and nothing else
+    # with the start's deviation given, it is not measured again: two moves per sweep, one sweep per
+    # s = 1/4, 1/8, 1/16, 1/32, 1/64, and nothing else
     d = Recorder([0.0, 0.3, 1.0])
     out = refine_times([0.0, 0.3, 1.0], d, max_evals=100, start_deviation=0.0)
     assert out.evals == len(d.asked) == 2 * 5 and out.times.tolist() == [0.0, 0.3, 1.0]
